@@ -1,0 +1,333 @@
+"""HiMTM model configuration.
+
+This file is self-contained (it imports only `transformers`) so that `save_pretrained` can ship it next to the
+weights for `trust_remote_code` loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig
+
+_SCALINGS = ("std", "mean", None)
+_TEACHERS = ("shared", "ema")
+_TEACHER_INPUTS = ("masked", "full")
+_HEAD_TYPES = ("flatten", "mean")
+
+
+@dataclass(frozen=True)
+class HierarchySpec:
+    """Resolved sizes of one HMT hierarchy (finest = index 0)."""
+
+    index: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+    num_tokens: int
+    patches_per_token: int
+
+
+def _as_list(name: str, value: int | Sequence[int], length: int) -> list[int]:
+    """Broadcasts an int to `length` hierarchies, or checks that a list has one entry per hierarchy."""
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be an int or a list of ints, got a bool.")
+    if isinstance(value, int):
+        return [value] * length
+    values = [int(v) for v in value]
+    if len(values) != length:
+        raise ValueError(
+            f"`{name}` has {len(values)} entries but the model has {length} hierarchies; give one int "
+            f"(used for every hierarchy) or a list of exactly {length} ints."
+        )
+    return values
+
+
+class HiMTMConfig(PretrainedConfig):
+    r"""
+    Configuration of HiMTM (Hierarchical Multi-scale Masked Time-series Modelling with self-distillation,
+    arXiv 2401.05012). One config drives the encoder ([`HiMTMModel`]), pre-training ([`HiMTMForPretraining`]) and
+    forecasting ([`HiMTMForPrediction`]); the paper's components are named after the paper: HMT (hierarchical
+    multi-scale transformer), DED (decoupled encoder-decoder), HSD (hierarchical self-distillation) and CSA-FT
+    (cross-scale attention fine-tuning).
+
+    Args:
+        context_length (`int`, defaults to 512): look-back window length L.
+        prediction_length (`int`, defaults to 96): forecast horizon H.
+        num_input_channels (`int`, defaults to 7): number of series (channels). The model is channel-independent:
+            every channel is encoded as its own univariate series with shared weights, so this only validates
+            inputs and can be changed when transferring to data with another channel count.
+        patch_length (`int`, defaults to 16): time steps per patch at the finest hierarchy.
+        patch_stride (`int`, defaults to 16): step between patches. Must equal `patch_length` (non-overlapping)
+            so that a masked patch leaks nothing to its visible neighbours.
+        num_hierarchies (`int`, defaults to 3): number of HMT hierarchies; each coarser one merges 2 adjacent
+            tokens into 1, so the number of patches must be divisible by `2 ** (num_hierarchies - 1)`.
+        d_model (`int` or `list[int]`, defaults to 128): width of each hierarchy.
+        num_layers (`int` or `list[int]`, defaults to 1): transformer blocks per hierarchy.
+        num_attention_heads (`int` or `list[int]`, defaults to 8): heads per hierarchy.
+        ffn_dim (`int` or `list[int]`, defaults to 256): feed-forward width per hierarchy.
+        dropout (`float`, defaults to 0.1): dropout on the residual branches of encoder and decoder blocks.
+        attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
+        positional_dropout (`float`, defaults to 0.0): dropout after adding positional embeddings.
+        head_dropout (`float`, defaults to 0.0): dropout before the forecast projection.
+        decoder_num_layers (`int`, defaults to 1): DED regressor layers (cross-self attention) per hierarchy.
+        decoder_d_model (`int`, *optional*): DED width; `None` uses each hierarchy's own width.
+        decoder_num_attention_heads (`int`, defaults to 8): heads of the DED layers.
+        mask_ratio (`float`, defaults to 0.5): fraction of coarsest-hierarchy tokens masked in pre-training; the
+            mask is drawn at the coarsest hierarchy and broadcast to the finer ones.
+        teacher_type (`str`, defaults to `"shared"`): `"shared"` = the paper's stop-gradient teacher that uses the
+            student's weights; `"ema"` = a separate teacher updated as `t = m * t + (1 - m) * s`.
+        teacher_momentum (`float`, defaults to 0.996): `m` of the EMA teacher.
+        teacher_input (`str`, defaults to `"masked"`): what the HSD teacher encodes: `"masked"` (the masked
+            patches only, CAE-style) or `"full"` (the whole window, data2vec-style).
+        normalize_distillation_targets (`bool`, defaults to `True`): layer-normalise teacher features (no affine)
+            before the distillation loss, which keeps the target scale fixed.
+        reconstruction_loss_weight (`float`, defaults to 1.0): weight of the patch reconstruction losses L_R.
+        distillation_loss_weight (`float`, defaults to 1.0): weight of the feature distillation losses L_D.
+        hierarchy_loss_weights (`list[float]`, *optional*): weight of each hierarchy's losses (normalised to sum
+            to 1); `None` = equal weights.
+        scaling (`str` or `None`, defaults to `"std"`): per-instance normalisation (RevIN-style, mask-aware):
+            `"std"` (mean and std), `"mean"` (mean absolute value) or `None`.
+        minimum_scale (`float`, defaults to 1e-5): floor on the per-instance scale.
+        head_type (`str`, defaults to `"flatten"`): forecast projection after CSA-FT: `"flatten"` flattens every
+            token of every scale into one linear layer (PatchTST-style), `"mean"` averages them (tiny head).
+        csa_num_layers (`int`, defaults to 1): cross-scale attention layers of the CSA-FT head.
+        csa_num_attention_heads (`int`, defaults to 8): heads of the CSA-FT layers.
+        freeze_encoder (`bool`, defaults to `False`): linear probing; the HMT encoder gets no gradient.
+        use_hmt (`bool`, defaults to `True`): ablation switch; `False` uses one hierarchy whose depth is the sum
+            of all hierarchies' depths (flat PatchTST-like encoder).
+        use_ded (`bool`, defaults to `True`): ablation switch; `False` replaces the decoupled decoder with a
+            SimMIM-style encoder that sees learnable mask tokens and predicts directly from its outputs.
+        use_hsd (`bool`, defaults to `True`): ablation switch; `False` trains with reconstruction only.
+        use_csa (`bool`, defaults to `True`): ablation switch; `False` drops the cross-scale attention layers
+            (flatten head over the multi-scale tokens).
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
+    """
+
+    model_type = "himtm"
+
+    def __init__(
+        self,
+        context_length: int = 512,
+        prediction_length: int = 96,
+        num_input_channels: int = 7,
+        patch_length: int = 16,
+        patch_stride: int = 16,
+        num_hierarchies: int = 3,
+        d_model: int | list[int] = 128,
+        num_layers: int | list[int] = 1,
+        num_attention_heads: int | list[int] = 8,
+        ffn_dim: int | list[int] = 256,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        positional_dropout: float = 0.0,
+        head_dropout: float = 0.0,
+        decoder_num_layers: int = 1,
+        decoder_d_model: int | None = None,
+        decoder_num_attention_heads: int = 8,
+        mask_ratio: float = 0.5,
+        teacher_type: str = "shared",
+        teacher_momentum: float = 0.996,
+        teacher_input: str = "masked",
+        normalize_distillation_targets: bool = True,
+        reconstruction_loss_weight: float = 1.0,
+        distillation_loss_weight: float = 1.0,
+        hierarchy_loss_weights: list[float] | None = None,
+        scaling: str | None = "std",
+        minimum_scale: float = 1e-5,
+        head_type: str = "flatten",
+        csa_num_layers: int = 1,
+        csa_num_attention_heads: int = 8,
+        freeze_encoder: bool = False,
+        use_hmt: bool = True,
+        use_ded: bool = True,
+        use_hsd: bool = True,
+        use_csa: bool = True,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.context_length = context_length
+        self.prediction_length = prediction_length
+        self.num_input_channels = num_input_channels
+        self.patch_length = patch_length
+        self.patch_stride = patch_stride
+        self.num_hierarchies = num_hierarchies
+        self.d_model = list(d_model) if isinstance(d_model, (list, tuple)) else d_model
+        self.num_layers = list(num_layers) if isinstance(num_layers, (list, tuple)) else num_layers
+        self.num_attention_heads = (
+            list(num_attention_heads) if isinstance(num_attention_heads, (list, tuple)) else num_attention_heads
+        )
+        self.ffn_dim = list(ffn_dim) if isinstance(ffn_dim, (list, tuple)) else ffn_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.positional_dropout = positional_dropout
+        self.head_dropout = head_dropout
+        self.decoder_num_layers = decoder_num_layers
+        self.decoder_d_model = decoder_d_model
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.mask_ratio = mask_ratio
+        self.teacher_type = teacher_type
+        self.teacher_momentum = teacher_momentum
+        self.teacher_input = teacher_input
+        self.normalize_distillation_targets = normalize_distillation_targets
+        self.reconstruction_loss_weight = reconstruction_loss_weight
+        self.distillation_loss_weight = distillation_loss_weight
+        self.hierarchy_loss_weights = list(hierarchy_loss_weights) if hierarchy_loss_weights is not None else None
+        self.scaling = scaling
+        self.minimum_scale = minimum_scale
+        self.head_type = head_type
+        self.csa_num_layers = csa_num_layers
+        self.csa_num_attention_heads = csa_num_attention_heads
+        self.freeze_encoder = freeze_encoder
+        self.use_hmt = use_hmt
+        self.use_ded = use_ded
+        self.use_hsd = use_hsd
+        self.use_csa = use_csa
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self._validate()
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def num_patches(self) -> int:
+        """Patches cut from one look-back window (the finest hierarchy's token count)."""
+        return (self.context_length - self.patch_length) // self.patch_stride + 1
+
+    @property
+    def effective_num_hierarchies(self) -> int:
+        """Hierarchies actually built: `num_hierarchies`, or 1 when HMT is ablated."""
+        return self.num_hierarchies if self.use_hmt else 1
+
+    @property
+    def num_masking_units(self) -> int:
+        """Tokens of the coarsest hierarchy: the unit at which pre-training masks are drawn."""
+        return self.num_patches // 2 ** (self.effective_num_hierarchies - 1)
+
+    @property
+    def num_masked_units(self) -> int:
+        """Masked coarse units per series: `round(mask_ratio * num_masking_units)`, at least 1 and at most all but 1."""
+        return min(max(1, round(self.mask_ratio * self.num_masking_units)), self.num_masking_units - 1)
+
+    def hierarchy_specs(self) -> list[HierarchySpec]:
+        """Per-hierarchy sizes after broadcasting ints and applying the `use_hmt` ablation."""
+        n = self.num_hierarchies
+        widths = _as_list("d_model", self.d_model, n)
+        depths = _as_list("num_layers", self.num_layers, n)
+        heads = _as_list("num_attention_heads", self.num_attention_heads, n)
+        ffns = _as_list("ffn_dim", self.ffn_dim, n)
+        if not self.use_hmt:
+            # Flat ablation: one hierarchy at the finest width holding the whole depth budget.
+            return [HierarchySpec(0, widths[0], sum(depths), heads[0], ffns[0], self.num_patches, 1)]
+        return [
+            HierarchySpec(i, widths[i], depths[i], heads[i], ffns[i], self.num_patches // 2**i, 2**i)
+            for i in range(n)
+        ]
+
+    def resolved_hierarchy_loss_weights(self) -> list[float]:
+        """Per-hierarchy loss weights, normalised to sum to 1."""
+        n = self.effective_num_hierarchies
+        if self.hierarchy_loss_weights is None or not self.use_hmt:
+            return [1.0 / n] * n
+        weights = [float(w) for w in self.hierarchy_loss_weights]
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+        for name in ("context_length", "prediction_length", "num_input_channels", "patch_length", "patch_stride",
+                     "num_hierarchies", "decoder_num_layers", "decoder_num_attention_heads",
+                     "csa_num_attention_heads"):
+            positive_int(name)
+        if self.csa_num_layers < 0:
+            raise ValueError(f"`csa_num_layers` must be >= 0, got {self.csa_num_layers}.")
+        if self.patch_length > self.context_length:
+            raise ValueError(
+                f"`patch_length` ({self.patch_length}) is longer than `context_length` ({self.context_length}); "
+                "use a shorter patch or a longer look-back."
+            )
+        if self.patch_stride != self.patch_length:
+            raise ValueError(
+                f"`patch_stride` ({self.patch_stride}) must equal `patch_length` ({self.patch_length}): HiMTM masks "
+                "and merges non-overlapping patches (overlap would leak masked values into visible patches). "
+                f"Set patch_stride={self.patch_length}."
+            )
+        n_hier = self.effective_num_hierarchies
+        factor = 2 ** (n_hier - 1)
+        if self.num_patches % factor != 0:
+            valid = [
+                (self.patch_length * factor * k) for k in range(max(1, self.context_length // (self.patch_length * factor)),
+                                                                 self.context_length // (self.patch_length * factor) + 2)
+            ]
+            raise ValueError(
+                f"context_length={self.context_length} with patch_length={self.patch_length} gives "
+                f"{self.num_patches} patches, which is not divisible by 2**(num_hierarchies-1) = {factor} "
+                f"(num_hierarchies={self.num_hierarchies}). Use a context_length that is a multiple of "
+                f"patch_length * {factor} (e.g. {valid}), another patch_length, or fewer hierarchies."
+            )
+        if self.num_patches // factor < 2:
+            raise ValueError(
+                f"The coarsest hierarchy would hold {self.num_patches // factor} token(s); masking needs at least 2. "
+                "Use a longer context_length, a shorter patch_length or fewer hierarchies."
+            )
+        specs = self.hierarchy_specs()  # raises for lists of the wrong length
+        for spec in specs:
+            if spec.d_model % spec.num_heads != 0:
+                raise ValueError(
+                    f"Hierarchy {spec.index}: d_model={spec.d_model} is not divisible by num_attention_heads="
+                    f"{spec.num_heads}; choose a head count that divides the width."
+                )
+            if spec.num_layers < 1:
+                raise ValueError(f"Hierarchy {spec.index} has num_layers={spec.num_layers}; every hierarchy needs >= 1.")
+        dec_widths = [self.decoder_d_model or s.d_model for s in specs]
+        for i, width in enumerate(dec_widths):
+            if width % self.decoder_num_attention_heads != 0:
+                raise ValueError(
+                    f"DED width {width} (hierarchy {i}) is not divisible by decoder_num_attention_heads="
+                    f"{self.decoder_num_attention_heads}."
+                )
+        if specs[0].d_model % self.csa_num_attention_heads != 0:
+            raise ValueError(
+                f"CSA-FT width {specs[0].d_model} is not divisible by csa_num_attention_heads="
+                f"{self.csa_num_attention_heads}."
+            )
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be in (0, 1), got {self.mask_ratio}.")
+        if self.teacher_type not in _TEACHERS:
+            raise ValueError(f"`teacher_type` must be one of {_TEACHERS}, got {self.teacher_type!r}.")
+        if not 0.0 <= self.teacher_momentum <= 1.0:
+            raise ValueError(f"`teacher_momentum` must be in [0, 1], got {self.teacher_momentum}.")
+        if self.teacher_input not in _TEACHER_INPUTS:
+            raise ValueError(f"`teacher_input` must be one of {_TEACHER_INPUTS}, got {self.teacher_input!r}.")
+        if self.scaling not in _SCALINGS:
+            raise ValueError(f"`scaling` must be one of {_SCALINGS}, got {self.scaling!r}.")
+        if self.head_type not in _HEAD_TYPES:
+            raise ValueError(f"`head_type` must be one of {_HEAD_TYPES}, got {self.head_type!r}.")
+        for name in ("dropout", "attention_dropout", "positional_dropout", "head_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.reconstruction_loss_weight < 0 or self.distillation_loss_weight < 0:
+            raise ValueError("Loss weights must be >= 0.")
+        if self.reconstruction_loss_weight == 0 and (self.distillation_loss_weight == 0 or not self.use_hsd):
+            raise ValueError(
+                "Pre-training would have no loss: reconstruction_loss_weight is 0 and distillation is off. "
+                "Set reconstruction_loss_weight > 0 or enable use_hsd with distillation_loss_weight > 0."
+            )
+        if self.hierarchy_loss_weights is not None and self.use_hmt:
+            if len(self.hierarchy_loss_weights) != self.num_hierarchies:
+                raise ValueError(
+                    f"`hierarchy_loss_weights` has {len(self.hierarchy_loss_weights)} entries; give one per "
+                    f"hierarchy ({self.num_hierarchies})."
+                )
+            if any(w < 0 for w in self.hierarchy_loss_weights) or sum(self.hierarchy_loss_weights) <= 0:
+                raise ValueError("`hierarchy_loss_weights` must be >= 0 and sum to a positive number.")
+
+
+__all__ = ["HiMTMConfig", "HierarchySpec"]

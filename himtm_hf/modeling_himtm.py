@@ -1,0 +1,1006 @@
+"""HiMTM models: hierarchical multi-scale masked time-series modelling with self-distillation (arXiv 2401.05012).
+
+Where each paper component lives:
+
+- **HMT** (hierarchical multi-scale transformer): `HiMTMHierarchicalEncoder`, built from `HiMTMTransformerBlock`
+  stacks per hierarchy and `HiMTMPatchMerging` (2 adjacent tokens -> 1) between them.
+- **DED** (decoupled encoder-decoder): `HiMTMDecoupledDecoder`, per-hierarchy regressors of `HiMTMCrossSelfBlock`
+  (mask queries attend to [visible features ; mask queries]); `HiMTMReconstructionHead` turns predicted features
+  back into patches.
+- **HSD** (hierarchical self-distillation): `HiMTMSelfDistillation`, the stop-gradient teacher (shared weights or
+  EMA copy) and the per-hierarchy feature targets.
+- **CSA-FT** (cross-scale attention fine-tuning): `HiMTMCrossScaleHead`.
+
+This file is self-contained (relative imports only) so that `save_pretrained` can ship it for
+`trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_himtm import HiMTMConfig
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HiMTMModelOutput(ModelOutput):
+    r"""
+    Output of [`HiMTMModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_channels, num_tokens_last, d_model_last)`):
+            Features of the coarsest hierarchy.
+        hierarchy_features (`tuple(torch.FloatTensor)`): one tensor per hierarchy, finest first, of shape
+            `(batch_size, num_channels, num_patches // 2**i, d_model_i)`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): every transformer block's output, in order, each
+            of shape `(batch_size, num_channels, num_tokens, d_model)`; returned with `output_hidden_states=True`.
+        patch_input (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
+            The scaled input cut into patches.
+        loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location used for scaling.
+        scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hierarchy_features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    patch_input: torch.FloatTensor | None = None
+    loc: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
+
+
+@dataclass
+class HiMTMForPretrainingOutput(ModelOutput):
+    r"""
+    Output of [`HiMTMForPretraining`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): total pre-training loss,
+            `sum_i w_i * (reconstruction_loss_weight * L_R^i + distillation_loss_weight * L_D^i)`.
+        reconstruction_loss (`torch.FloatTensor` of shape `()`): weighted sum of the per-hierarchy L_R^i.
+        distillation_loss (`torch.FloatTensor` of shape `()`): weighted sum of the per-hierarchy L_D^i (0 when
+            HSD is off).
+        hierarchy_reconstruction_losses (`torch.FloatTensor` of shape `(num_hierarchies,)`): L_R^i, finest first.
+        hierarchy_distillation_losses (`torch.FloatTensor` of shape `(num_hierarchies,)`): L_D^i, finest first.
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
+            finest-hierarchy reconstruction in scaled space: model predictions at masked patches, the input at
+            visible ones.
+        mask (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches)`): 1 = masked, 0 = visible.
+        patch_input (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
+            the scaled input patches (the reconstruction target).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): student block outputs (visible tokens only).
+        loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location.
+        scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    distillation_loss: torch.FloatTensor | None = None
+    hierarchy_reconstruction_losses: torch.FloatTensor | None = None
+    hierarchy_distillation_losses: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    patch_input: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    loc: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
+
+
+@dataclass
+class HiMTMForPredictionOutput(ModelOutput):
+    r"""
+    Output of [`HiMTMForPrediction`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): MSE in scaled space over observed future values,
+            returned when `future_values` is given.
+        prediction_outputs (`torch.FloatTensor` of shape `(batch_size, prediction_length, num_channels)`):
+            forecasts in the input's original units.
+        hierarchy_features (`tuple(torch.FloatTensor)`): encoder features per hierarchy (see [`HiMTMModelOutput`]).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): encoder block outputs.
+        loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location.
+        scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
+    """
+
+    loss: torch.FloatTensor | None = None
+    prediction_outputs: torch.FloatTensor | None = None
+    hierarchy_features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    loc: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Input checks, scaling and patching
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_values(
+    name: str,
+    values: torch.Tensor,
+    observed_mask: torch.Tensor | None,
+    mask_name: str,
+    length: int,
+    num_channels: int,
+    length_name: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validates a `(batch, length, channels)` series and its observed mask; returns float values and mask.
+
+    Non-finite values are allowed only where the observed mask is 0; they are replaced by 0 there.
+    """
+    if not torch.is_tensor(values):
+        raise ValueError(f"`{name}` must be a torch.Tensor of shape (batch, {length}, {num_channels}), got {type(values)}.")
+    if values.dim() != 3:
+        raise ValueError(
+            f"`{name}` must have 3 dimensions (batch_size, {length_name}={length}, num_input_channels={num_channels}), "
+            f"got shape {tuple(values.shape)}. For a single series use values.unsqueeze(0); for one channel "
+            "use values.unsqueeze(-1)."
+        )
+    if values.shape[1] != length:
+        raise ValueError(
+            f"`{name}` has length {values.shape[1]} but the model expects {length_name}={length}. Cut or pad the "
+            f"input to {length} time steps (pad with the observed mask set to 0), or load the model with "
+            f"{length_name}={values.shape[1]}."
+        )
+    if values.shape[2] != num_channels:
+        raise ValueError(
+            f"`{name}` has {values.shape[2]} channels but config.num_input_channels={num_channels}. The model is "
+            "channel-independent: reload it with `num_input_channels="
+            f"{values.shape[2]}` (e.g. from_pretrained(path, num_input_channels={values.shape[2]})) to use this data."
+        )
+    if not values.is_floating_point():
+        values = values.float()
+    if observed_mask is None:
+        if not torch.isfinite(values).all():
+            raise ValueError(
+                f"`{name}` contains NaN or inf values. Pass `{mask_name}` with 0 at missing positions (the model "
+                "then ignores them), or fill them before calling the model."
+            )
+        return values, torch.ones_like(values)
+    if not torch.is_tensor(observed_mask) or observed_mask.shape != values.shape:
+        shape = tuple(observed_mask.shape) if torch.is_tensor(observed_mask) else type(observed_mask)
+        raise ValueError(
+            f"`{mask_name}` must be a tensor with the same shape as `{name}` {tuple(values.shape)}, got {shape}."
+        )
+    observed_mask = observed_mask.to(values.dtype)
+    finite = torch.isfinite(values)
+    if not finite[observed_mask.bool()].all():
+        raise ValueError(
+            f"`{name}` has NaN or inf values at positions that `{mask_name}` marks as observed; set the mask to 0 "
+            "there."
+        )
+    values = torch.where(finite, values, torch.zeros_like(values))
+    return values, observed_mask
+
+
+class HiMTMScaler(nn.Module):
+    """Per-instance, per-channel normalisation (RevIN-style without affine), computed over observed values only.
+
+    `"std"`: loc = mean, scale = std; `"mean"`: loc = 0, scale = mean |x|; `None`: identity. The scale is floored at
+    `minimum_scale` so a constant series does not divide by zero.
+    """
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__()
+        self.scaling = config.scaling
+        self.minimum_scale = config.minimum_scale
+
+    def forward(
+        self, values: torch.Tensor, observed_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # values, observed_mask: (batch, length, channels)
+        if self.scaling is None:
+            loc = torch.zeros_like(values[:, :1])
+            scale = torch.ones_like(values[:, :1])
+            return values, loc, scale
+        count = observed_mask.sum(dim=1, keepdim=True).clamp_min(1.0)  # (batch, 1, channels)
+        if self.scaling == "std":
+            loc = (values * observed_mask).sum(dim=1, keepdim=True) / count
+            variance = (((values - loc) * observed_mask) ** 2).sum(dim=1, keepdim=True) / count
+            scale = variance.sqrt().clamp_min(self.minimum_scale)
+        else:  # "mean"
+            loc = torch.zeros_like(values[:, :1])
+            scale = ((values.abs() * observed_mask).sum(dim=1, keepdim=True) / count).clamp_min(self.minimum_scale)
+        # Unobserved steps become 0 = the instance mean after scaling, so they carry no signal.
+        scaled = (values - loc) / scale * observed_mask
+        return scaled, loc, scale
+
+
+def patchify(values: torch.Tensor, num_patches: int, patch_length: int) -> torch.Tensor:
+    """Cuts the last `num_patches * patch_length` steps into non-overlapping patches, channel-independently.
+
+    Args:
+        values (`torch.Tensor` of shape `(batch, length, channels)`)
+    Returns:
+        `torch.Tensor` of shape `(batch * channels, num_patches, patch_length)`.
+    """
+    batch, _, channels = values.shape
+    values = values[:, values.shape[1] - num_patches * patch_length :]  # drop the oldest steps that do not fit
+    values = values.transpose(1, 2).reshape(batch * channels, num_patches, patch_length)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transformer building blocks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HiMTMAttention(nn.Module):
+    """Multi-head attention on `scaled_dot_product_attention`; self-attention when `key_value` is None."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        # (batch, tokens, d_model) -> (batch, heads, tokens, head_dim)
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None) -> torch.Tensor:
+        key_value = query if key_value is None else key_value
+        q = self._split(self.q_proj(query))
+        k = self._split(self.k_proj(key_value))
+        v = self._split(self.v_proj(key_value))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)  # (batch, tokens, d_model)
+        return self.out_proj(out)
+
+
+class HiMTMFeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.gelu(self.fc1(x))))
+
+
+class HiMTMTransformerBlock(nn.Module):
+    """Pre-norm self-attention block, the unit of every HMT hierarchy and of the CSA-FT head."""
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attention = HiMTMAttention(d_model, num_heads, attention_dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = HiMTMFeedForward(d_model, ffn_dim, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch * channels, tokens, d_model)
+        x = x + self.dropout(self.attention(self.norm1(x)))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class HiMTMCrossSelfBlock(nn.Module):
+    """DED's cross-self attention: mask queries attend to [visible features ; mask queries].
+
+    Only the queries are updated; the visible features pass through unchanged, so the decoder cannot do the
+    encoder's job of building the visible representation (the point of decoupling).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.norm_query = nn.LayerNorm(d_model)
+        self.norm_context = nn.LayerNorm(d_model)
+        self.attention = HiMTMAttention(d_model, num_heads, attention_dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = HiMTMFeedForward(d_model, ffn_dim, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        # queries: (batch * channels, num_masked, d); visible: (batch * channels, num_visible, d)
+        context = self.norm_context(torch.cat([visible, queries], dim=1))
+        queries = queries + self.dropout(self.attention(self.norm_query(queries), context))
+        return queries + self.dropout(self.ffn(self.norm2(queries)))
+
+
+class HiMTMPatchMerging(nn.Module):
+    """HMT patch merging: every 2 adjacent tokens -> 1 token (Swin-style, 1-D), `2 * d_in -> d_out`."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * d_in)
+        self.reduction = nn.Linear(2 * d_in, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (batch * channels, tokens, d_in) -> (batch * channels, tokens // 2, d_out)
+        x = x.reshape(x.shape[0], x.shape[1] // 2, 2 * x.shape[2])
+        return self.reduction(self.norm(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# HMT: hierarchical multi-scale transformer encoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HiMTMPatchEmbedding(nn.Module):
+    """Linear patch embedding plus a learnable position embedding per finest-level patch."""
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__()
+        d_model = config.hierarchy_specs()[0].d_model
+        self.projection = nn.Linear(config.patch_length, d_model)
+        self.position_embedding = nn.Parameter(torch.zeros(1, config.num_patches, d_model))
+        self.dropout = nn.Dropout(config.positional_dropout)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        # (batch * channels, num_patches, patch_length) -> (batch * channels, num_patches, d_model)
+        return self.dropout(self.projection(patches) + self.position_embedding)
+
+
+class HiMTMHierarchy(nn.Module):
+    """One HMT hierarchy: a stack of transformer blocks and an output norm."""
+
+    def __init__(self, config: HiMTMConfig, index: int):
+        super().__init__()
+        spec = config.hierarchy_specs()[index]
+        self.blocks = nn.ModuleList(
+            HiMTMTransformerBlock(spec.d_model, spec.num_heads, spec.ffn_dim, config.dropout, config.attention_dropout)
+            for _ in range(spec.num_layers)
+        )
+        self.norm = nn.LayerNorm(spec.d_model)
+
+
+class HiMTMHierarchicalEncoder(nn.Module):
+    """HMT: hierarchies of transformer blocks with 2-to-1 patch merging between them.
+
+    The token sequence may be any subset of patches as long as it is made of whole coarsest-level units in time
+    order (as the pre-training masks are), so merging always joins true neighbours.
+    """
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__()
+        specs = config.hierarchy_specs()
+        self.hierarchies = nn.ModuleList(HiMTMHierarchy(config, i) for i in range(len(specs)))
+        self.merges = nn.ModuleList(
+            HiMTMPatchMerging(specs[i].d_model, specs[i + 1].d_model) for i in range(len(specs) - 1)
+        )
+
+    def forward(
+        self, tokens: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
+        """
+        Args:
+            tokens (`torch.Tensor` of shape `(batch * channels, num_tokens, d_model_0)`): embedded patches.
+        Returns:
+            features: list with one `(batch * channels, num_tokens // 2**i, d_model_i)` tensor per hierarchy.
+            hidden_states: every block's output when `output_hidden_states`, else None.
+        """
+        features: list[torch.Tensor] = []
+        hidden_states: list[torch.Tensor] = []
+        x = tokens
+        for i, hierarchy in enumerate(self.hierarchies):
+            for block in hierarchy.blocks:
+                x = block(x)
+                if output_hidden_states:
+                    hidden_states.append(x)
+            features.append(hierarchy.norm(x))
+            if i < len(self.merges):
+                x = self.merges[i](x)  # (batch * channels, tokens // 2, d_model_{i+1})
+        return features, (tuple(hidden_states) if output_hidden_states else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained model base and the encoder model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HiMTMPreTrainedModel(PreTrainedModel):
+    config_class = HiMTMConfig
+    config: HiMTMConfig
+    base_model_prefix = "model"
+    main_input_name = "past_values"
+    input_modalities = ("time",)
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, HiMTMPatchEmbedding):
+            init.normal_(module.position_embedding, mean=0.0, std=std)
+        elif isinstance(module, HiMTMDecoupledDecoder):
+            for level in module.levels:
+                init.normal_(level.mask_query, mean=0.0, std=std)
+                init.normal_(level.position_embedding, mean=0.0, std=std)
+        elif isinstance(module, HiMTMCrossScaleHead):
+            init.normal_(module.scale_embedding, mean=0.0, std=std)
+        elif isinstance(module, HiMTMForPretraining) and module.mask_token is not None:
+            init.normal_(module.mask_token, mean=0.0, std=std)
+        elif isinstance(module, HiMTMSelfDistillation) and module.teacher_initialized is not None:
+            init.zeros_(module.teacher_initialized)
+
+    def _validate_config_for_inputs(self) -> None:  # hook for subclasses; kept for symmetry with PatchTST
+        return None
+
+
+class HiMTMModel(HiMTMPreTrainedModel):
+    """The HiMTM encoder: scaling -> patching -> patch embedding -> HMT, returning every hierarchy's features."""
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__(config)
+        self.scaler = HiMTMScaler(config)
+        self.embedding = HiMTMPatchEmbedding(config)
+        self.encoder = HiMTMHierarchicalEncoder(config)
+        self.post_init()
+
+    def prepare_patches(
+        self, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validates, scales and patches the look-back window.
+
+        Returns:
+            patches `(batch * channels, num_patches, patch_length)` in scaled space, the observed mask cut the same
+            way, `loc` and `scale` of shape `(batch, 1, channels)`.
+        """
+        config = self.config
+        values, observed = _check_values(
+            "past_values", past_values, past_observed_mask, "past_observed_mask",
+            config.context_length, config.num_input_channels, "context_length",
+        )
+        scaled, loc, scale = self.scaler(values, observed)
+        patches = patchify(scaled, config.num_patches, config.patch_length)
+        observed_patches = patchify(observed, config.num_patches, config.patch_length)
+        return patches, observed_patches, loc, scale
+
+    def encode(
+        self, patches: torch.Tensor, token_index: torch.Tensor | None = None, output_hidden_states: bool = False
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
+        """Embeds patches and runs HMT, optionally on the subset of patches `token_index` only.
+
+        Args:
+            patches (`torch.Tensor` of shape `(batch * channels, num_patches, patch_length)`)
+            token_index (`torch.LongTensor` of shape `(batch * channels, num_kept)`, *optional*): sorted patch
+                positions to keep, made of whole coarsest-level units.
+        """
+        tokens = self.embedding(patches)  # (batch * channels, num_patches, d_model_0)
+        if token_index is not None:
+            tokens = torch.gather(tokens, 1, token_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self.encoder(tokens, output_hidden_states=output_hidden_states)
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        past_observed_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HiMTMModelOutput | tuple:
+        r"""
+        Args:
+            past_values (`torch.FloatTensor` of shape `(batch_size, context_length, num_input_channels)`):
+                The look-back window.
+            past_observed_mask (`torch.Tensor` of the same shape, *optional*): 1 = observed, 0 = missing.
+            output_hidden_states (`bool`, *optional*): return every block's output.
+            return_dict (`bool`, *optional*): return a [`HiMTMModelOutput`] instead of a tuple.
+        Returns:
+            [`HiMTMModelOutput`] or tuple.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch, channels = past_values.shape[0], self.config.num_input_channels
+        patches, _, loc, scale = self.prepare_patches(past_values, past_observed_mask)
+        features, hidden_states = self.encode(patches, output_hidden_states=output_hidden_states)
+        features = tuple(f.view(batch, channels, f.shape[1], f.shape[2]) for f in features)
+        if hidden_states is not None:
+            hidden_states = tuple(h.view(batch, channels, h.shape[1], h.shape[2]) for h in hidden_states)
+        output = HiMTMModelOutput(
+            last_hidden_state=features[-1],
+            hierarchy_features=features,
+            hidden_states=hidden_states,
+            patch_input=patches.view(batch, channels, *patches.shape[1:]),
+            loc=loc,
+            scale=scale,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Masking (consistent across hierarchies)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def hierarchical_random_mask(
+    num_series: int, config: HiMTMConfig, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draws `num_masked_units` of the `num_masking_units` coarsest tokens per series and broadcasts to patches.
+
+    Because the mask is drawn at the coarsest hierarchy, a coarse token is masked exactly when all of its fine
+    patches are, and 2-to-1 merging of the visible (or the masked) patches always joins true neighbours.
+
+    Returns:
+        `torch.BoolTensor` of shape `(num_series, num_patches)`, True = masked.
+    """
+    units = config.num_masking_units
+    noise = torch.rand(num_series, units, device=device, generator=generator)
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    unit_mask = ranks < config.num_masked_units  # (num_series, units)
+    return unit_mask.repeat_interleave(config.num_patches // units, dim=1)
+
+
+def mask_at_level(patch_mask: torch.Tensor, level: int) -> torch.Tensor:
+    """Mask of hierarchy `level`: token j is masked iff its 2**level patches are (they always agree)."""
+    return patch_mask[:, :: 2**level]
+
+
+def split_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted visible and masked positions of a mask with the same masked count per row."""
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, each group in time order
+    num_masked = int(mask[0].sum())
+    return order[:, : mask.shape[1] - num_masked], order[:, mask.shape[1] - num_masked :]
+
+
+def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    # x: (series, tokens, d); index: (series, k) -> (series, k, d)
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DED: decoupled decoder and reconstruction heads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HiMTMDecoderLevel(nn.Module):
+    """The DED regressor of one hierarchy: mask queries -> predicted features of the masked tokens."""
+
+    def __init__(self, config: HiMTMConfig, index: int):
+        super().__init__()
+        spec = config.hierarchy_specs()[index]
+        width = config.decoder_d_model or spec.d_model
+        self.input_projection = nn.Linear(spec.d_model, width) if width != spec.d_model else nn.Identity()
+        self.mask_query = nn.Parameter(torch.zeros(1, 1, width))
+        self.position_embedding = nn.Parameter(torch.zeros(1, spec.num_tokens, width))
+        self.layers = nn.ModuleList(
+            HiMTMCrossSelfBlock(width, config.decoder_num_attention_heads, 2 * width, config.dropout,
+                                config.attention_dropout)
+            for _ in range(config.decoder_num_layers)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.output_projection = nn.Linear(width, spec.d_model) if width != spec.d_model else nn.Identity()
+
+    def forward(self, visible: torch.Tensor, visible_index: torch.Tensor, masked_index: torch.Tensor) -> torch.Tensor:
+        # visible: (series, n_visible, d_i) -> predicted masked features (series, n_masked, d_i)
+        pos = self.position_embedding.expand(visible.shape[0], -1, -1)
+        visible = self.input_projection(visible) + _gather_tokens(pos, visible_index)
+        queries = self.mask_query + _gather_tokens(pos, masked_index)
+        for layer in self.layers:
+            queries = layer(queries, visible)
+        return self.output_projection(self.norm(queries))
+
+
+class HiMTMDecoupledDecoder(nn.Module):
+    """DED: one regressor per hierarchy, each predicting that hierarchy's masked features from its visible ones."""
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__()
+        self.levels = nn.ModuleList(
+            HiMTMDecoderLevel(config, i) for i in range(config.effective_num_hierarchies)
+        )
+
+
+class HiMTMReconstructionHead(nn.Module):
+    """Light head: predicted features of a hierarchy-i token -> the 2**i raw patches it covers."""
+
+    def __init__(self, d_model: int, patch_length: int, patches_per_token: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.projection = nn.Linear(d_model, patch_length * patches_per_token)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # (series, tokens, d_i) -> (series, tokens, patches_per_token * patch_length)
+        return self.projection(self.norm(features))
+
+
+def masked_reconstruction_loss(
+    reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, observed: torch.Tensor
+) -> torch.Tensor:
+    """MSE over masked, observed elements only.
+
+    Args:
+        reconstruction, target, observed (`torch.Tensor` of shape `(series, tokens, values_per_token)`)
+        mask (`torch.Tensor` of shape `(series, tokens)`): 1 = masked.
+    """
+    weight = mask.unsqueeze(-1).to(target.dtype) * observed
+    return ((reconstruction - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# HSD: hierarchical self-distillation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HiMTMSelfDistillation(nn.Module):
+    """HSD: a stop-gradient teacher that gives per-hierarchy feature targets at the masked positions.
+
+    `teacher_type="shared"` is the paper's teacher: the student's own embedding and HMT weights, run without
+    gradient (and without dropout). `teacher_type="ema"` keeps a separate copy updated by `update()` as
+    `teacher = m * teacher + (1 - m) * student` after each optimiser step.
+    """
+
+    def __init__(self, config: HiMTMConfig, student: HiMTMModel):
+        super().__init__()
+        self.teacher_type = config.teacher_type
+        self.teacher_input = config.teacher_input
+        self.momentum = config.teacher_momentum
+        self.normalize_targets = config.normalize_distillation_targets
+        if self.teacher_type == "ema":
+            self.teacher_embedding = copy.deepcopy(student.embedding)
+            self.teacher_encoder = copy.deepcopy(student.encoder)
+            for p in self.parameters():
+                p.requires_grad_(False)
+            # 0 until the teacher has been copied from the student (fresh init or a shared-teacher checkpoint).
+            self.register_buffer("teacher_initialized", torch.zeros((), dtype=torch.bool))
+        else:
+            self.teacher_embedding = None
+            self.teacher_encoder = None
+            self.teacher_initialized = None
+
+    def _teacher_modules(self, student: HiMTMModel) -> tuple[nn.Module, nn.Module]:
+        if self.teacher_type == "ema":
+            return self.teacher_embedding, self.teacher_encoder
+        return student.embedding, student.encoder
+
+    @torch.no_grad()
+    def sync_from_student(self, student: HiMTMModel) -> None:
+        """Copies the student's weights into the EMA teacher (no-op for the shared teacher)."""
+        if self.teacher_type != "ema":
+            return
+        self.teacher_embedding.load_state_dict(student.embedding.state_dict())
+        self.teacher_encoder.load_state_dict(student.encoder.state_dict())
+        self.teacher_initialized.fill_(True)
+
+    @torch.no_grad()
+    def update(self, student: HiMTMModel) -> None:
+        """EMA step `t = m * t + (1 - m) * s`; call after every optimiser step."""
+        if self.teacher_type != "ema":
+            return
+        if not bool(self.teacher_initialized):
+            self.sync_from_student(student)
+            return
+        for teacher_module, student_module in (
+            (self.teacher_embedding, student.embedding), (self.teacher_encoder, student.encoder)
+        ):
+            for t, s in zip(teacher_module.parameters(), student_module.parameters()):
+                t.lerp_(s.detach(), 1.0 - self.momentum)
+
+    @torch.no_grad()
+    def targets(
+        self, student: HiMTMModel, patches: torch.Tensor, patch_mask: torch.Tensor, masked_index: torch.Tensor,
+        level_masked_index: list[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Teacher features of the masked tokens at every hierarchy, `(series, n_masked_i, d_i)` each."""
+        if self.teacher_type == "ema" and not bool(self.teacher_initialized):
+            self.sync_from_student(student)
+        embedding, encoder = self._teacher_modules(student)
+        was_training = encoder.training
+        embedding.eval()
+        encoder.eval()  # the teacher runs without dropout
+        try:
+            tokens = embedding(patches)
+            if self.teacher_input == "masked":
+                features, _ = encoder(_gather_tokens(tokens, masked_index))
+            else:  # "full": encode the whole window, then take the masked positions
+                full, _ = encoder(tokens)
+                features = [_gather_tokens(f, idx) for f, idx in zip(full, level_masked_index)]
+        finally:
+            embedding.train(was_training)
+            encoder.train(was_training)
+        if self.normalize_targets:
+            features = [F.layer_norm(f, f.shape[-1:]) for f in features]
+        return [f.detach() for f in features]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-training model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HiMTMForPretraining(HiMTMPreTrainedModel):
+    """HiMTM pre-training: hierarchical masking, HMT student on visible patches, DED regressors and
+    reconstruction heads per hierarchy, HSD feature targets from the stop-gradient teacher."""
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__(config)
+        self.model = HiMTMModel(config)
+        specs = config.hierarchy_specs()
+        if config.use_ded:
+            self.ded = HiMTMDecoupledDecoder(config)
+            self.mask_token = None
+            self.feature_predictors = None
+        else:
+            # SimMIM-style ablation: the encoder itself sees learnable mask tokens at the masked patches.
+            self.ded = None
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, specs[0].d_model))
+            self.feature_predictors = nn.ModuleList(nn.Linear(s.d_model, s.d_model) for s in specs)
+        self.reconstruction_heads = nn.ModuleList(
+            HiMTMReconstructionHead(s.d_model, config.patch_length, s.patches_per_token) for s in specs
+        )
+        self.hsd = HiMTMSelfDistillation(config, self.model) if config.use_hsd else None
+        self.post_init()
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        """Moves the EMA teacher one step towards the student (call after each optimiser step; no-op otherwise)."""
+        if self.hsd is not None:
+            self.hsd.update(self.model)
+
+    def _student_features(
+        self, patches: torch.Tensor, patch_mask: torch.Tensor, visible_index: torch.Tensor,
+        masked_index: torch.Tensor, level_indices: list[tuple[torch.Tensor, torch.Tensor]],
+        output_hidden_states: bool,
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
+        """Predicted features of the masked tokens of every hierarchy, `(series, n_masked_i, d_i)` each."""
+        if self.ded is not None:
+            # DED: the encoder sees the visible patches only; the regressors fill in the masked ones.
+            visible_features, hidden = self.model.encode(patches, visible_index, output_hidden_states)
+            predicted = [
+                level(visible, vis_idx, mask_idx)
+                for level, visible, (vis_idx, mask_idx) in zip(self.ded.levels, visible_features, level_indices)
+            ]
+            return predicted, hidden
+        # SimMIM ablation: mask tokens replace masked patch embeddings; predict from the encoder's own outputs.
+        tokens = self.model.embedding.projection(patches)
+        tokens = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        tokens = self.model.embedding.dropout(tokens + self.model.embedding.position_embedding)
+        features, hidden = self.model.encoder(tokens, output_hidden_states=output_hidden_states)
+        predicted = [
+            predictor(_gather_tokens(f, mask_idx))
+            for predictor, f, (_, mask_idx) in zip(self.feature_predictors, features, level_indices)
+        ]
+        return predicted, hidden
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        past_observed_mask: torch.Tensor | None = None,
+        future_values: torch.Tensor | None = None,
+        future_observed_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        return_loss: bool = True,
+        **kwargs,
+    ) -> HiMTMForPretrainingOutput | tuple:
+        r"""
+        Args:
+            past_values (`torch.FloatTensor` of shape `(batch_size, context_length, num_input_channels)`):
+                The window to mask and reconstruct.
+            past_observed_mask (`torch.Tensor` of the same shape, *optional*): 1 = observed, 0 = missing; missing
+                values are excluded from scaling and from the reconstruction loss.
+            future_values, future_observed_mask (*optional*): accepted and ignored, so that forecasting windows
+                feed pre-training and `Trainer` directly.
+            output_hidden_states (`bool`, *optional*): return the student's block outputs.
+            return_dict (`bool`, *optional*): return a [`HiMTMForPretrainingOutput`] instead of a tuple.
+            return_loss (`bool`, defaults to `True`): lets `Trainer` report `eval_loss` without labels.
+        Returns:
+            [`HiMTMForPretrainingOutput`] or tuple.
+        """
+        config = self.config
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        batch, channels = past_values.shape[0], config.num_input_channels
+        patches, observed, loc, scale = self.model.prepare_patches(past_values, past_observed_mask)
+        num_series = patches.shape[0]  # batch * channels
+
+        patch_mask = hierarchical_random_mask(num_series, config, patches.device)  # (series, num_patches)
+        visible_index, masked_index = split_indices(patch_mask)
+        num_levels = config.effective_num_hierarchies
+        level_masks = [mask_at_level(patch_mask, i) for i in range(num_levels)]
+        level_indices = [split_indices(m) for m in level_masks]
+
+        predicted, hidden_states = self._student_features(
+            patches, patch_mask, visible_index, masked_index, level_indices, output_hidden_states
+        )
+        teacher_features = (
+            self.hsd.targets(self.model, patches, patch_mask, masked_index, [idx[1] for idx in level_indices])
+            if self.hsd is not None
+            else None
+        )
+
+        weights = config.resolved_hierarchy_loss_weights()
+        rec_losses, dist_losses = [], []
+        finest_reconstruction = None
+        for i in range(num_levels):
+            per_token = 2**i * config.patch_length
+            level_patches = patches.reshape(num_series, -1, per_token)  # (series, num_patches // 2**i, 2**i * P)
+            level_observed = observed.reshape(num_series, -1, per_token)
+            masked_idx = level_indices[i][1]
+            # Place the predictions of the masked tokens on the full token grid; visible tokens keep the input,
+            # so the loss below (masked elements only) cannot see them.
+            reconstruction = level_patches.scatter(
+                1, masked_idx.unsqueeze(-1).expand(-1, -1, per_token), self.reconstruction_heads[i](predicted[i])
+            )
+            rec_losses.append(
+                masked_reconstruction_loss(reconstruction, level_patches, level_masks[i], level_observed)
+            )
+            if teacher_features is not None:
+                dist_losses.append(F.mse_loss(predicted[i], teacher_features[i]))
+            else:
+                dist_losses.append(patches.new_zeros(()))
+            if i == 0:
+                finest_reconstruction = reconstruction
+
+        rec_stack = torch.stack(rec_losses)
+        dist_stack = torch.stack(dist_losses)
+        w = torch.tensor(weights, dtype=rec_stack.dtype, device=rec_stack.device)
+        reconstruction_loss = (w * rec_stack).sum()
+        distillation_loss = (w * dist_stack).sum()
+        loss = config.reconstruction_loss_weight * reconstruction_loss
+        if self.hsd is not None:
+            loss = loss + config.distillation_loss_weight * distillation_loss
+
+        if hidden_states is not None:
+            hidden_states = tuple(h.view(batch, channels, h.shape[1], h.shape[2]) for h in hidden_states)
+        output = HiMTMForPretrainingOutput(
+            loss=loss if return_loss else None,
+            reconstruction_loss=reconstruction_loss,
+            distillation_loss=distillation_loss,
+            hierarchy_reconstruction_losses=rec_stack.detach(),
+            hierarchy_distillation_losses=dist_stack.detach(),
+            reconstruction=finest_reconstruction.view(batch, channels, config.num_patches, config.patch_length),
+            mask=patch_mask.view(batch, channels, config.num_patches).to(patches.dtype),
+            patch_input=patches.view(batch, channels, config.num_patches, config.patch_length),
+            hidden_states=hidden_states,
+            loc=loc,
+            scale=scale,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CSA-FT: cross-scale attention fine-tuning head and the forecasting model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HiMTMCrossScaleHead(nn.Module):
+    """CSA-FT: tokens of all hierarchies, projected to one width and tagged with a scale embedding, attend to each
+    other (every token sees every scale), then a flatten (or mean) + linear layer gives the horizon.
+
+    With `use_csa=False` the attention layers are skipped (flatten head over the same multi-scale tokens), which
+    isolates the effect of the cross-scale attention itself.
+    """
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__()
+        specs = config.hierarchy_specs()
+        width = specs[0].d_model
+        self.projections = nn.ModuleList(
+            nn.Linear(s.d_model, width) if s.d_model != width else nn.Identity() for s in specs
+        )
+        self.scale_embedding = nn.Parameter(torch.zeros(len(specs), width))
+        num_layers = config.csa_num_layers if config.use_csa else 0
+        self.layers = nn.ModuleList(
+            HiMTMTransformerBlock(width, config.csa_num_attention_heads, specs[0].ffn_dim, config.dropout,
+                                  config.attention_dropout)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head_type = config.head_type
+        num_tokens = sum(s.num_tokens for s in specs)
+        in_features = num_tokens * width if self.head_type == "flatten" else width
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.projection = nn.Linear(in_features, config.prediction_length)
+
+    def forward(self, features: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # features[i]: (series, num_tokens_i, d_i) -> tokens: (series, sum_i num_tokens_i, d_0)
+        tokens = torch.cat(
+            [proj(f) + self.scale_embedding[i] for i, (proj, f) in enumerate(zip(self.projections, features))], dim=1
+        )
+        for layer in self.layers:
+            tokens = layer(tokens)
+        tokens = self.norm(tokens)
+        pooled = tokens.flatten(1) if self.head_type == "flatten" else tokens.mean(dim=1)
+        return self.projection(self.dropout(pooled))  # (series, prediction_length)
+
+
+class HiMTMForPrediction(HiMTMPreTrainedModel):
+    """HiMTM forecaster: HMT encoder on the full look-back, CSA-FT head, forecasts in original units."""
+
+    # Pre-training-only modules are expected to be left out when transferring a pre-trained encoder.
+    _keys_to_ignore_on_load_unexpected = [r"^ded\.", r"^reconstruction_heads\.", r"^hsd\.", r"^mask_token",
+                                          r"^feature_predictors\."]
+
+    def __init__(self, config: HiMTMConfig):
+        super().__init__(config)
+        self.model = HiMTMModel(config)
+        self.head = HiMTMCrossScaleHead(config)
+        self.post_init()
+        if config.freeze_encoder:
+            self.model.requires_grad_(False)
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        past_observed_mask: torch.Tensor | None = None,
+        future_values: torch.Tensor | None = None,
+        future_observed_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        return_loss: bool = True,
+        **kwargs,
+    ) -> HiMTMForPredictionOutput | tuple:
+        r"""
+        Args:
+            past_values (`torch.FloatTensor` of shape `(batch_size, context_length, num_input_channels)`):
+                The look-back window, in original units.
+            past_observed_mask (`torch.Tensor` of the same shape, *optional*): 1 = observed, 0 = missing.
+            future_values (`torch.FloatTensor` of shape `(batch_size, prediction_length, num_input_channels)`,
+                *optional*): targets; when given, `loss` is the MSE in the model's scaled space.
+            future_observed_mask (`torch.Tensor` of the same shape as `future_values`, *optional*): 1 = observed;
+                missing targets are left out of the loss.
+            output_hidden_states (`bool`, *optional*): return every encoder block's output.
+            return_dict (`bool`, *optional*): return a [`HiMTMForPredictionOutput`] instead of a tuple.
+            return_loss (`bool`, defaults to `True`): compute the loss when targets are given.
+        Returns:
+            [`HiMTMForPredictionOutput`] or tuple.
+        """
+        config = self.config
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        batch, channels = past_values.shape[0], config.num_input_channels
+        patches, _, loc, scale = self.model.prepare_patches(past_values, past_observed_mask)
+        if config.freeze_encoder:
+            with torch.no_grad():
+                features, hidden_states = self.model.encode(patches, output_hidden_states=output_hidden_states)
+        else:
+            features, hidden_states = self.model.encode(patches, output_hidden_states=output_hidden_states)
+
+        forecast = self.head(features)  # (batch * channels, prediction_length), scaled space
+        forecast = forecast.view(batch, channels, config.prediction_length).transpose(1, 2)
+        prediction = forecast * scale + loc  # (batch, prediction_length, channels), original units
+
+        loss = None
+        if future_values is not None and return_loss:
+            target, target_observed = _check_values(
+                "future_values", future_values, future_observed_mask, "future_observed_mask",
+                config.prediction_length, config.num_input_channels, "prediction_length",
+            )
+            scaled_target = (target - loc) / scale
+            loss = ((forecast - scaled_target) ** 2 * target_observed).sum() / target_observed.sum().clamp_min(1.0)
+
+        if hidden_states is not None:
+            hidden_states = tuple(h.view(batch, channels, h.shape[1], h.shape[2]) for h in hidden_states)
+        output = HiMTMForPredictionOutput(
+            loss=loss,
+            prediction_outputs=prediction,
+            hierarchy_features=tuple(f.view(batch, channels, f.shape[1], f.shape[2]) for f in features),
+            hidden_states=hidden_states,
+            loc=loc,
+            scale=scale,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "HiMTMForPrediction",
+    "HiMTMForPredictionOutput",
+    "HiMTMForPretraining",
+    "HiMTMForPretrainingOutput",
+    "HiMTMModel",
+    "HiMTMModelOutput",
+    "HiMTMPreTrainedModel",
+]
