@@ -927,8 +927,20 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         self.model = HiMTMModel(config)
         self.head = HiMTMCrossScaleHead(config)
         self.post_init()
-        if config.freeze_encoder:
-            self.model.requires_grad_(False)
+        self.freeze_encoder(config.freeze_encoder)
+
+    def freeze_encoder(self, freeze: bool = True) -> None:
+        """Linear probing switch: freezes (or unfreezes) the HMT encoder and records it in the config."""
+        self.config.freeze_encoder = freeze
+        self.model.requires_grad_(not freeze)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces parameters after `__init__`, which resets `requires_grad`; re-apply the config's choice.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.freeze_encoder(model.config.freeze_encoder)
+        return loaded
 
     def forward(
         self,

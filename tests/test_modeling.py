@@ -1,0 +1,505 @@
+"""Model-core behaviour: shapes, losses, ablations, masking, HSD teacher, save/load, transfer, equivariance, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForTimeSeriesPrediction,
+)
+
+from himtm_hf import HiMTMConfig, HiMTMForPrediction, HiMTMForPretraining, HiMTMModel
+from himtm_hf.modeling_himtm import hierarchical_random_mask, mask_at_level, masked_reconstruction_loss
+
+TINY = dict(
+    context_length=64,
+    prediction_length=8,
+    num_input_channels=3,
+    patch_length=4,
+    patch_stride=4,
+    num_hierarchies=3,
+    d_model=[16, 24, 32],
+    num_layers=[1, 2, 1],
+    num_attention_heads=[2, 2, 4],
+    ffn_dim=32,
+    decoder_num_attention_heads=2,
+    csa_num_attention_heads=2,
+)
+
+
+def tiny_config(**overrides) -> HiMTMConfig:
+    return HiMTMConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def batch(b: int = 4, cfg: HiMTMConfig | None = None) -> torch.Tensor:
+    cfg = cfg or tiny_config()
+    t = torch.arange(cfg.context_length, dtype=torch.float32)
+    season = torch.sin(2 * torch.pi * t / 12)[None, :, None]
+    return season * torch.rand(b, 1, cfg.num_input_channels) * 3 + torch.randn(b, cfg.context_length, cfg.num_input_channels) * 0.1
+
+
+# ---------------------------------------------------------------------------------------------------- shapes, ablations
+
+
+def test_encoder_shapes_per_hierarchy():
+    cfg = tiny_config()
+    model = HiMTMModel(cfg).eval()
+    out = model(batch(2), output_hidden_states=True)
+    assert [tuple(f.shape) for f in out.hierarchy_features] == [(2, 3, 16, 16), (2, 3, 8, 24), (2, 3, 4, 32)]
+    assert out.last_hidden_state.shape == (2, 3, 4, 32)
+    assert len(out.hidden_states) == 4  # 1 + 2 + 1 blocks
+    assert out.patch_input.shape == (2, 3, 16, 4)
+    assert out.loc.shape == out.scale.shape == (2, 1, 3)
+
+
+ABLATIONS = [
+    {},
+    {"teacher_type": "ema"},
+    {"teacher_input": "full"},
+    {"use_hmt": False},
+    {"use_ded": False},
+    {"use_hsd": False},
+    {"use_csa": False},
+    {"head_type": "mean"},
+    {"decoder_d_model": 8, "decoder_num_layers": 2},
+    {"scaling": "mean"},
+    {"scaling": None},
+    {"num_hierarchies": 1, "d_model": 16, "num_layers": 2, "num_attention_heads": 2},
+    {"num_hierarchies": 4, "d_model": 16, "num_layers": 1, "num_attention_heads": 2},
+]
+
+
+@pytest.mark.parametrize("overrides", ABLATIONS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "full")
+def test_every_variant_builds_and_trains_a_step(overrides):
+    cfg = tiny_config(**overrides)
+    x = batch(4, cfg)
+    y = torch.randn(4, cfg.prediction_length, cfg.num_input_channels)
+    for model, kwargs in ((HiMTMForPretraining(cfg), {}), (HiMTMForPrediction(cfg), {"future_values": y})):
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        out = model(x, **kwargs)
+        assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+        out.loss.backward()
+        optimizer.step()
+        if isinstance(model, HiMTMForPretraining):
+            model.update_teacher()
+            n = cfg.effective_num_hierarchies
+            assert out.hierarchy_reconstruction_losses.shape == (n,)
+            assert out.hierarchy_distillation_losses.shape == (n,)
+            assert out.reconstruction.shape == (4, 3, cfg.num_patches, cfg.patch_length)
+            assert out.mask.shape == (4, 3, cfg.num_patches)
+            if cfg.use_hsd:
+                assert (out.hierarchy_distillation_losses > 0).all()
+            else:
+                assert (out.hierarchy_distillation_losses == 0).all()
+        else:
+            assert out.prediction_outputs.shape == (4, cfg.prediction_length, 3)
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+        assert any(k.startswith("model.embedding") for k in changed), "encoder did not train"
+
+
+def test_ablation_switches_change_the_architecture():
+    full = HiMTMForPretraining(tiny_config())
+    assert len(full.model.encoder.hierarchies) == 3 and full.ded is not None and full.hsd is not None
+    assert len(HiMTMForPretraining(tiny_config(use_hmt=False)).model.encoder.hierarchies) == 1
+    no_hmt = HiMTMForPretraining(tiny_config(use_hmt=False))
+    assert len(no_hmt.model.encoder.hierarchies[0].blocks) == 4  # the whole depth budget in one hierarchy
+    no_ded = HiMTMForPretraining(tiny_config(use_ded=False))
+    assert no_ded.ded is None and no_ded.mask_token is not None
+    assert HiMTMForPretraining(tiny_config(use_hsd=False)).hsd is None
+    assert len(HiMTMForPrediction(tiny_config(use_csa=False)).head.layers) == 0
+    assert len(HiMTMForPrediction(tiny_config()).head.layers) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- HSD teacher
+
+
+def test_shared_teacher_receives_no_gradient():
+    """With the shared teacher, the distillation targets carry no graph: gradients come only from the student."""
+    cfg = tiny_config(reconstruction_loss_weight=0.0, dropout=0.0)
+    model = HiMTMForPretraining(cfg)
+    patches = torch.randn(6, cfg.num_patches, cfg.patch_length)
+    mask = hierarchical_random_mask(6, cfg, patches.device)
+    from himtm_hf.modeling_himtm import split_indices
+
+    _, masked_index = split_indices(mask)
+    level_masked = [split_indices(mask_at_level(mask, i))[1] for i in range(3)]
+    targets = model.hsd.targets(model.model, patches, mask, masked_index, level_masked)
+    assert all(not t.requires_grad and t.grad_fn is None for t in targets)
+    # a backward through the distillation-only loss leaves the teacher path without gradient: the loss
+    # gradient w.r.t. the targets is not propagated (they are leaves without grad)
+    out = model(batch(3, cfg))
+    out.loss.backward()
+    assert out.distillation_loss > 0
+    assert model.model.embedding.projection.weight.grad is not None  # the student still learns
+
+
+def test_ema_teacher_gets_no_gradient_and_follows_momentum_rule():
+    cfg = tiny_config(teacher_type="ema", teacher_momentum=0.9)
+    model = HiMTMForPretraining(cfg)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(batch(4, cfg)).loss.backward()  # first forward copies the student into the teacher
+    teacher_params = list(model.hsd.teacher_encoder.parameters()) + list(model.hsd.teacher_embedding.parameters())
+    student_params = list(model.model.encoder.parameters()) + list(model.model.embedding.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in teacher_params)
+    assert bool(model.hsd.teacher_initialized)
+    for t, s in zip(teacher_params, student_params):
+        assert torch.equal(t, s)
+    optimizer.step()
+    teacher_before = [t.detach().clone() for t in teacher_params]
+    student_now = [s.detach().clone() for s in student_params]
+    assert any(not torch.equal(a, b) for a, b in zip(teacher_before, student_now))
+    model.update_teacher()
+    for t, before, s in zip(teacher_params, teacher_before, student_now):
+        torch.testing.assert_close(t, 0.9 * before + 0.1 * s, rtol=1e-6, atol=1e-6)  # float rounding only
+
+
+# ---------------------------------------------------------------------------------------------------- masking
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_realised_mask_ratio_and_cross_scale_consistency(ratio):
+    cfg = tiny_config(context_length=256, mask_ratio=ratio)  # 64 patches, 16 coarse units
+    mask = hierarchical_random_mask(500, cfg, torch.device("cpu"))
+    assert mask.shape == (500, 64)
+    assert torch.all(mask.float().mean(dim=1) == ratio)
+    for level in range(1, 3):
+        groups = mask.view(500, -1, 2**level)
+        coarse = mask_at_level(mask, level)
+        assert torch.equal(coarse, groups.all(dim=-1))  # masked exactly when all its fine patches are
+        assert torch.equal(groups.any(dim=-1), groups.all(dim=-1))  # never partially masked
+    # masks differ across series (random) and every unit is masked sometimes
+    assert mask.float().mean(dim=0).min() > 0
+
+
+def test_output_mask_matches_configured_ratio():
+    cfg = tiny_config(mask_ratio=0.5)
+    out = HiMTMForPretraining(cfg)(batch(8, cfg))
+    assert out.mask.mean().item() == 0.5
+
+
+def test_reconstruction_loss_ignores_visible_positions():
+    cfg = tiny_config(dropout=0.0)
+    model = HiMTMForPretraining(cfg)
+    out = model(batch(4, cfg))
+    mask = out.mask.flatten(0, 1)  # (series, patches)
+    reconstruction = out.reconstruction.flatten(0, 1).detach()
+    target = out.patch_input.flatten(0, 1)
+    ones = torch.ones_like(target)
+    loss = masked_reconstruction_loss(reconstruction, target, mask, ones)
+    torch.testing.assert_close(loss, out.hierarchy_reconstruction_losses[0])
+    noisy = reconstruction + torch.randn_like(reconstruction) * 100 * (1 - mask).unsqueeze(-1)
+    torch.testing.assert_close(masked_reconstruction_loss(noisy, target, mask, ones), loss)
+    changed = reconstruction + mask.unsqueeze(-1)  # a change at masked positions does move it
+    assert masked_reconstruction_loss(changed, target, mask, ones) != loss
+
+
+def test_simmim_ablation_loss_ignores_encoder_outputs_at_visible_positions():
+    """In the no-DED variant the encoder produces features at every position; perturbing the visible ones
+    must leave the reconstruction loss unchanged, perturbing the masked ones must not."""
+    cfg = tiny_config(use_ded=False, use_hsd=False, dropout=0.0)
+    model = HiMTMForPretraining(cfg).eval()  # eval: the mask draw is the forward's only random op
+    x = batch(4, cfg)
+    torch.manual_seed(1)
+    mask = hierarchical_random_mask(4 * 3, cfg, torch.device("cpu"))  # the draw the forward will make
+    torch.manual_seed(1)
+    base = model(x)
+    assert torch.equal(base.mask.flatten(0, 1).bool(), mask)
+
+    def perturbed_loss(where: torch.Tensor) -> torch.Tensor:
+        hook = model.model.encoder.hierarchies[0].norm.register_forward_hook(
+            lambda module, args, output: output + 50.0 * where.unsqueeze(-1).float()
+        )
+        torch.manual_seed(1)
+        try:
+            return model(x).loss
+        finally:
+            hook.remove()
+
+    torch.testing.assert_close(perturbed_loss(~mask), base.loss)
+    assert not torch.allclose(perturbed_loss(mask), base.loss)
+
+
+# ---------------------------------------------------------------------------------------------------- save / load
+
+
+def test_save_and_reload_give_identical_outputs(tmp_path):
+    cfg = tiny_config()
+    x = batch(3, cfg)
+    for cls in (HiMTMModel, HiMTMForPretraining, HiMTMForPrediction):
+        model = cls(cfg).eval()
+        model.save_pretrained(tmp_path / cls.__name__)
+        files = {p.name for p in (tmp_path / cls.__name__).iterdir()}
+        assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+        assert {"configuration_himtm.py", "modeling_himtm.py", "config.json"} <= files
+        loaded = cls.from_pretrained(tmp_path / cls.__name__).eval()
+        for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            assert k == k2 and torch.equal(v, v2), k
+        torch.manual_seed(3)
+        a = model(x)
+        torch.manual_seed(3)
+        b = loaded(x)
+        first = a[0] if cls is not HiMTMModel else a.last_hidden_state
+        second = b[0] if cls is not HiMTMModel else b.last_hidden_state
+        assert torch.equal(first, second)
+
+
+def test_auto_classes_resolve_himtm(tmp_path):
+    cfg = tiny_config()
+    assert isinstance(AutoConfig.for_model("himtm", **TINY), HiMTMConfig)
+    assert isinstance(AutoModel.from_config(cfg), HiMTMModel)
+    assert isinstance(AutoModelForPreTraining.from_config(cfg), HiMTMForPretraining)
+    assert isinstance(AutoModelForTimeSeriesPrediction.from_config(cfg), HiMTMForPrediction)
+    HiMTMForPrediction(cfg).save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForTimeSeriesPrediction"] == "modeling_himtm.HiMTMForPrediction"
+    assert auto_map["AutoConfig"] == "configuration_himtm.HiMTMConfig"
+
+
+def test_pretraining_to_prediction_transfer_loads_every_encoder_weight(tmp_path):
+    cfg = tiny_config(teacher_type="ema")
+    pre = HiMTMForPretraining(cfg)
+    pre(batch(2, cfg)).loss.backward()  # initialises the EMA teacher too
+    pre.save_pretrained(tmp_path)
+    pred, info = HiMTMForPrediction.from_pretrained(tmp_path, prediction_length=24, output_loading_info=True)
+    assert pred.config.prediction_length == 24
+    assert info["missing_keys"] and all(k.startswith("head.") for k in info["missing_keys"])
+    assert not info["mismatched_keys"] and not info["error_msgs"]
+    encoder_pre = pre.model.state_dict()
+    encoder_pred = pred.model.state_dict()
+    assert encoder_pre.keys() == encoder_pred.keys()
+    for k in encoder_pre:
+        assert torch.equal(encoder_pre[k], encoder_pred[k]), k
+    assert pred(batch(2, cfg)).prediction_outputs.shape == (2, 24, 3)
+    # linear probing: the encoder is frozen, the head trains
+    probe = HiMTMForPrediction.from_pretrained(tmp_path, freeze_encoder=True)
+    assert not any(p.requires_grad for p in probe.model.parameters())
+    assert all(p.requires_grad for p in probe.head.parameters())
+    out = probe(batch(2, cfg), future_values=torch.randn(2, 8, 3))
+    out.loss.backward()
+    assert probe.head.projection.weight.grad is not None
+
+
+def test_transfer_to_another_channel_count(tmp_path):
+    pre = HiMTMForPretraining(tiny_config())
+    pre.save_pretrained(tmp_path)
+    pred = HiMTMForPrediction.from_pretrained(tmp_path, num_input_channels=5)
+    x = torch.randn(2, 64, 5)
+    assert pred(x).prediction_outputs.shape == (2, 8, 5)
+
+
+# ---------------------------------------------------------------------------------------------------- scaling
+
+
+@pytest.mark.parametrize("a,b", [(3.0, -7.0), (0.01, 100.0), (250.0, 0.5)])
+def test_forecasts_are_scale_equivariant_with_std_scaling(a, b):
+    cfg = tiny_config(scaling="std")
+    model = HiMTMForPrediction(cfg).eval()
+    x = batch(4, cfg)
+    with torch.no_grad():
+        base = model(x).prediction_outputs
+        shifted = model(x * a + b).prediction_outputs
+    torch.testing.assert_close(shifted, base * a + b, rtol=1e-4, atol=1e-4 * a)
+
+
+def test_loss_is_in_scaled_space_and_masked():
+    cfg = tiny_config()
+    model = HiMTMForPrediction(cfg).eval()
+    x = batch(2, cfg)
+    y = torch.randn(2, 8, 3)
+    with torch.no_grad():
+        out = model(x, future_values=y)
+        expected = (((out.prediction_outputs - y) / out.scale) ** 2).mean()
+        torch.testing.assert_close(out.loss, expected)
+        big = model(x * 1000, future_values=y * 1000).loss
+        torch.testing.assert_close(big, out.loss, rtol=1e-3, atol=1e-4)  # loss does not grow with the units
+        mask = torch.ones_like(y)
+        mask[:, :4] = 0
+        partial = model(x, future_values=y, future_observed_mask=mask).loss
+        torch.testing.assert_close(partial, (((out.prediction_outputs - y) / out.scale) ** 2)[:, 4:].mean())
+
+
+def test_missing_values_with_observed_mask_are_ignored():
+    cfg = tiny_config()
+    model = HiMTMForPrediction(cfg).eval()
+    x = batch(2, cfg)
+    observed = torch.ones_like(x)
+    observed[:, :10] = 0
+    x_nan = x.clone()
+    x_nan[:, :10] = float("nan")
+    x_other = x.clone()
+    x_other[:, :10] = 1e6
+    with torch.no_grad():
+        a = model(x_nan, past_observed_mask=observed).prediction_outputs
+        b = model(x_other, past_observed_mask=observed).prediction_outputs
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "make_input,match",
+    [
+        (lambda: torch.randn(64, 3), "3 dimensions"),
+        (lambda: torch.randn(2, 60, 3), "context_length=64"),
+        (lambda: torch.randn(2, 64, 4), "num_input_channels=3"),
+        (lambda: torch.full((2, 64, 3), float("nan")), "NaN or inf"),
+        (lambda: torch.full((2, 64, 3), float("inf")), "NaN or inf"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(make_input, match):
+    for model in (HiMTMForPrediction(tiny_config()), HiMTMForPretraining(tiny_config()), HiMTMModel(tiny_config())):
+        with pytest.raises(ValueError, match=match):
+            model(make_input())
+
+
+def test_bad_masks_and_targets_raise():
+    model = HiMTMForPrediction(tiny_config())
+    x = torch.randn(2, 64, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        model(x, past_observed_mask=torch.ones(2, 64))
+    with pytest.raises(ValueError, match="prediction_length=8"):
+        model(x, future_values=torch.randn(2, 9, 3))
+    with pytest.raises(ValueError, match="future_observed_mask"):
+        model(x, future_values=torch.randn(2, 8, 3), future_observed_mask=torch.ones(2, 8))
+    nan_observed = x.clone()
+    nan_observed[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="marks as observed"):
+        model(nan_observed, past_observed_mask=torch.ones_like(x))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"context_length": 72}, "not divisible by 2\\*\\*\\(num_hierarchies-1\\)"),
+        ({"patch_stride": 2}, "must equal `patch_length`"),
+        ({"d_model": [16, 24]}, "one int"),
+        ({"d_model": 18}, "not divisible by num_attention_heads"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"teacher_type": "momentum"}, "teacher_type"),
+        ({"scaling": "minmax"}, "scaling"),
+        ({"num_hierarchies": 5}, "coarsest hierarchy would hold 1"),
+        ({"patch_length": 128, "patch_stride": 128}, "longer than `context_length`"),
+        ({"use_hsd": False, "reconstruction_loss_weight": 0.0}, "no loss"),
+        ({"hierarchy_loss_weights": [1.0, 1.0]}, "one per hierarchy"),
+    ],
+)
+def test_invalid_configs_fail_with_a_fix(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**overrides)
+
+
+# ---------------------------------------------------------------------------------------------------- remote code, Trainer
+
+BLOCK_HIMTM = textwrap.dedent(
+    """
+    import sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "himtm_hf" or name.startswith("himtm_hf."):
+                raise ImportError("himtm_hf is blocked in this process")
+            return None
+    sys.meta_path.insert(0, _Block())
+    try:
+        import himtm_hf  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("himtm_hf was importable")
+    """
+)
+
+
+def test_remote_code_load_without_the_package(tmp_path):
+    cfg = tiny_config()
+    model = HiMTMForPrediction(cfg).eval()
+    model.save_pretrained(tmp_path / "model")
+    x = batch(2, cfg)
+    with torch.no_grad():
+        expected = model(x).prediction_outputs
+    torch.save({"x": x, "expected": expected}, tmp_path / "io.pt")
+    script = BLOCK_HIMTM + textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModelForTimeSeriesPrediction
+        model = AutoModelForTimeSeriesPrediction.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        with torch.no_grad():
+            out = model.eval()(io["x"]).prediction_outputs
+        assert torch.equal(out, io["expected"]), (out - io["expected"]).abs().max()
+        print("REMOTE_OK", type(model).__name__)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE_OK HiMTMForPrediction" in result.stdout
+
+
+def test_trainer_runs_a_step_and_reports_eval_loss(tmp_path):
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    cfg = tiny_config()
+
+    class Windows(Dataset):
+        def __init__(self, n):
+            series = batch(1, tiny_config(context_length=64))[0]
+            self.items = [
+                {"past_values": series + i * 0.01, "future_values": series[:8] * 0.5} for i in range(n)
+            ]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    for model in (HiMTMForPrediction(cfg), HiMTMForPretraining(cfg)):
+        args = TrainingArguments(
+            output_dir=str(tmp_path / type(model).__name__),
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            max_steps=2,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=Windows(8), eval_dataset=Windows(6))
+        result = trainer.train()
+        assert result.global_step == 2
+        metrics = trainer.evaluate()
+        assert "eval_loss" in metrics and metrics["eval_loss"] > 0
+
+
+def test_package_does_not_import_itself_from_model_files():
+    """The two model files must stay self-contained for trust_remote_code."""
+    root = Path(__file__).resolve().parents[1] / "himtm_hf"
+    for name in ("configuration_himtm.py", "modeling_himtm.py"):
+        text = (root / name).read_text()
+        assert "himtm_hf" not in text.replace("`himtm_hf`", ""), name
+        for line in text.splitlines():
+            if line.startswith(("import ", "from ")):
+                module = line.split()[1]
+                assert module.startswith((".", "torch", "transformers", "__future__", "copy", "math", "dataclasses",
+                                          "collections")), line
