@@ -1,0 +1,941 @@
+"""Data loading, standardisation and sliding-window datasets for long-term forecasting.
+
+Everything goes through the ``datasets`` library (``load_dataset("csv" | "parquet", ...)`` for
+local files, ``load_dataset(repo_id)`` for a Hub dataset repository) and is then turned into
+numpy/pandas/torch objects.
+
+Where the data comes from
+-------------------------
+``dataset`` may be
+
+* an existing local file: ``.csv``, ``.csv.gz`` or ``.parquet``;
+* a benchmark name (case-insensitive; aliases such as ``Weather``, ``exchange``, ``ili``,
+  ``ecl``): ``ETTh1``, ``ETTh2``, ``ETTm1``, ``ETTm2``, ``weather``, ``exchange_rate``,
+  ``national_illness``, ``electricity``, ``traffic``. The file ``<name>.csv.gz``,
+  ``<name>.csv`` or ``<name>.parquet`` is looked up in the data directory: the ``data_dir``
+  argument, else the environment variable ``HIMTM_DATA_DIR``, else ``../shared/data`` relative
+  to the project root (the folder that contains the ``himtm_hf`` package) if it exists;
+* anything else containing a ``/`` (and not looking like a file path) is treated as a Hugging
+  Face Hub dataset repository id; its ``train`` split (or its only split) is used.
+
+Column roles
+------------
+``timestamp_column`` defaults to ``"date"`` when such a column exists (pass ``False`` for "no
+timestamp column"). ``target_columns`` defaults to every numeric column except the timestamp.
+Column names are kept exactly as written in the file (the weather header contains U+FFFD
+characters; they are not altered).
+
+Splits (the Informer / Autoformer / PatchTST protocol)
+------------------------------------------------------
+* ETTh1/ETTh2: train = first 12*30*24 rows, val = next 4*30*24, test = next 4*30*24.
+* ETTm1/ETTm2: the same with 4x the rows (15-minute data).
+* everything else (and user data by default): train = ``int(0.7 * n)``, test = ``int(0.2 * n)``,
+  val = ``n - train - test``.
+* ``split_fractions=(train, val, test)`` overrides the fractions (same ``int`` rounding for train
+  and test, val gets the remainder); ``split_dates=(d1, d2)`` puts rows with timestamp < d1 in
+  train, d1 <= timestamp < d2 in val, and the rest in test.
+
+The protocol is chosen by the dataset's name (the benchmark name, a file's stem or the last part
+of a Hub repo id), so a local ``ETTh1.csv`` gets the ETT split too.
+
+The val and test splits start ``context_length`` rows early (never before row 0), so their first
+window has a full look-back. Every column is standardised with the mean/std (``ddof=0``, zero std
+replaced by 1) of the *train rows only*, and every window with stride 1 is kept (no
+``drop_last``).
+
+NaN policy
+----------
+Missing values (empty cells, ``NaN``, ``NA``, ...) in target columns are allowed:
+
+* the scaler statistics are computed with NaN-aware functions (``np.nanmean``/``np.nanstd``)
+  over the observed train values; a column with no observed value in the train split is an error;
+* the observed masks (``past_observed_mask``/``future_observed_mask``) are ``False`` where the
+  raw value was NaN and ``True`` elsewhere;
+* after standardisation NaNs are replaced with 0 (the train mean), so tensors never contain NaN.
+
+Infinite values (``inf``/``-inf``) are rejected with a ``ValueError`` naming the column and row,
+as are non-numeric values in a target column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "BENCHMARKS",
+    "DATA_DIR_ENV",
+    "ForecastWindowDataset",
+    "SeriesScaler",
+    "SplitData",
+    "compute_borders",
+    "default_data_dir",
+    "load_series",
+    "load_splits",
+    "resolve_benchmark_name",
+]
+
+DATA_DIR_ENV = "HIMTM_DATA_DIR"
+"""Environment variable naming the folder that holds the benchmark files."""
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The folder that contains the ``himtm_hf`` package."""
+
+BENCHMARKS: tuple[str, ...] = (
+    "ETTh1",
+    "ETTh2",
+    "ETTm1",
+    "ETTm2",
+    "weather",
+    "exchange_rate",
+    "national_illness",
+    "electricity",
+    "traffic",
+)
+"""Canonical benchmark names (also the file stems looked up in the data directory)."""
+
+_ALIASES: dict[str, str] = {
+    **{name.lower(): name for name in BENCHMARKS},
+    "exchange": "exchange_rate",
+    "exchangerate": "exchange_rate",
+    "exchange-rate": "exchange_rate",
+    "ili": "national_illness",
+    "illness": "national_illness",
+    "national-illness": "national_illness",
+    "nationalillness": "national_illness",
+    "ecl": "electricity",
+}
+
+_FILE_SUFFIXES: tuple[str, ...] = (".csv.gz", ".csv", ".parquet")
+
+# Fixed row counts (train, val, test) of the ETT protocol.
+_ETT_HOUR_SPLITS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)
+_ETT_MINUTE_SPLITS = tuple(4 * n for n in _ETT_HOUR_SPLITS)
+_DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+_ETT_NAMES = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
+_SPLITS = ("train", "val", "test")
+
+TimestampArg = str | Literal[False] | None
+
+
+# ----------------------------------------------------------------------------------------------
+# Source resolution
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    kind: Literal["csv", "parquet", "hub"]
+    location: str
+    name: str
+
+    def describe(self) -> str:
+        return f"Hub dataset {self.location!r}" if self.kind == "hub" else f"file {self.location}"
+
+
+def resolve_benchmark_name(name: str) -> str | None:
+    """Return the canonical benchmark name for ``name`` (case-insensitive, aliases), or None."""
+    return _ALIASES.get(name.strip().lower())
+
+
+def default_data_dir() -> Path | None:
+    """The data directory used when no ``data_dir`` is given.
+
+    ``$HIMTM_DATA_DIR`` if set, else ``<project root>/../shared/data`` if that folder exists,
+    else None.
+    """
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    candidate = PROJECT_ROOT.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def _file_kind(path: Path) -> Literal["csv", "parquet"] | None:
+    name = path.name.lower()
+    if name.endswith(".csv") or name.endswith(".csv.gz"):
+        return "csv"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return None
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _FILE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _looks_like_path(text: str) -> bool:
+    lowered = text.lower()
+    return (
+        lowered.endswith(_FILE_SUFFIXES)
+        or text.startswith(("/", "./", "../", "~", "\\"))
+        or (len(text) > 1 and text[1] == ":")  # Windows drive letter
+    )
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), "the data_dir argument"
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser(), f"${DATA_DIR_ENV}"
+    return default_data_dir(), "the default <project>/../shared/data"
+
+
+def _resolve_source(dataset: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None) -> _Source:
+    text = os.fspath(dataset)
+    path = Path(text).expanduser()
+    if path.is_file():
+        kind = _file_kind(path)
+        if kind is None:
+            raise ValueError(f"Unsupported file type for {path}: expected a .csv, .csv.gz or .parquet file.")
+        return _Source(kind, str(path), _stem(path))
+
+    canonical = resolve_benchmark_name(text)
+    if canonical is not None:
+        directory, origin = _resolve_data_dir(data_dir)
+        fix = (
+            f"Pass data_dir=... or set the environment variable {DATA_DIR_ENV} to the folder that "
+            f"holds {canonical}.csv.gz (or .csv / .parquet)."
+        )
+        if directory is None:
+            raise FileNotFoundError(
+                f"No data directory for benchmark {canonical!r}: no data_dir argument, "
+                f"${DATA_DIR_ENV} is not set and {PROJECT_ROOT.parent / 'shared' / 'data'} "
+                f"does not exist. {fix}"
+            )
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"Data directory {directory} (from {origin}) does not exist or is not a folder. {fix}"
+            )
+        candidates = [canonical + suffix for suffix in _FILE_SUFFIXES]
+        for candidate in candidates:
+            if (directory / candidate).is_file():
+                return _Source(
+                    _file_kind(directory / candidate) or "csv", str(directory / candidate), canonical
+                )
+        # Case-insensitive fallback (e.g. Weather.csv).
+        wanted = {c.lower() for c in candidates}
+        existing = sorted(p.name for p in directory.iterdir() if p.is_file())
+        for name in existing:
+            if name.lower() in wanted:
+                return _Source(_file_kind(directory / name) or "csv", str(directory / name), canonical)
+        raise FileNotFoundError(
+            f"Benchmark {canonical!r}: none of {candidates} is in {directory} (from {origin}). "
+            f"Files there: {existing or 'none'}. {fix}"
+        )
+
+    if _looks_like_path(text):
+        raise FileNotFoundError(
+            f"Data file {path} does not exist. Pass an existing .csv/.csv.gz/.parquet file, a "
+            f"benchmark name ({', '.join(BENCHMARKS)}) or a Hub dataset repo id ('owner/name')."
+        )
+    if "/" in text:
+        return _Source("hub", text, text.rstrip("/").split("/")[-1])
+    raise ValueError(
+        f"Unknown dataset {text!r}: it is not an existing file, not a known benchmark and not a Hub "
+        f"repo id. Known benchmark names (case-insensitive): {', '.join(BENCHMARKS)} "
+        f"(aliases: exchange, ili, illness, ecl). For your own data pass the path of a .csv, "
+        f".csv.gz or .parquet file."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_table(source: _Source) -> pa.Table:
+    """Load the whole source through ``datasets`` as one Arrow table."""
+    if source.kind == "csv":
+        # Read every column as text so that (a) no chunk-wise type inference can go wrong and
+        # (b) non-numeric values can be reported with their column and row.
+        header = pd.read_csv(source.location, nrows=0)
+        features = datasets.Features({str(c): datasets.Value("string") for c in header.columns})
+        ds = datasets.load_dataset("csv", data_files=source.location, split="train", features=features)
+    elif source.kind == "parquet":
+        ds = datasets.load_dataset("parquet", data_files=source.location, split="train")
+    else:
+        loaded = datasets.load_dataset(source.location)
+        if isinstance(loaded, datasets.DatasetDict):
+            if "train" in loaded:
+                ds = loaded["train"]
+            elif len(loaded) == 1:
+                ds = next(iter(loaded.values()))
+            else:
+                raise ValueError(
+                    f"Hub dataset {source.location!r} has splits {list(loaded)} and none is called "
+                    f"'train'; save the series you want as one split named 'train'."
+                )
+        else:
+            ds = loaded
+    return ds.with_format("arrow")[:]
+
+
+def _row_hint(source: _Source, row: int) -> str:
+    if source.kind == "csv":
+        return f"data row {row} (line {row + 2} of the file, the header being line 1)"
+    return f"row {row}"
+
+
+def _parse_text_column(array: pa.ChunkedArray) -> tuple[np.ndarray, int | None]:
+    """Parse a string column to float64. Returns (values, first unparsable row or None)."""
+    try:
+        return pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    text = pd.Series(array.to_pylist(), dtype=object)
+    parsed = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+    missing = text.isna().to_numpy()
+    nan_text = text.astype(str).str.strip().str.lower().isin(["nan", "+nan", "-nan"]).to_numpy()
+    bad = np.isnan(parsed) & ~missing & ~nan_text
+    first_bad = int(np.argmax(bad)) if bad.any() else None
+    return parsed, first_bad
+
+
+class _ColumnParser:
+    """Converts Arrow columns to float64 numpy arrays, caching results."""
+
+    def __init__(self, table: pa.Table, source: _Source) -> None:
+        self.table = table
+        self.source = source
+        self._cache: dict[str, tuple[np.ndarray, int | None]] = {}
+
+    def parse(self, name: str) -> tuple[np.ndarray, int | None]:
+        if name not in self._cache:
+            array = self.table.column(name)
+            kind = array.type
+            if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+                self._cache[name] = _parse_text_column(array)
+            elif pa.types.is_null(kind):
+                self._cache[name] = (np.full(len(array), np.nan), None)
+            elif (
+                pa.types.is_integer(kind)
+                or pa.types.is_floating(kind)
+                or pa.types.is_decimal(kind)
+                or pa.types.is_boolean(kind)
+            ):
+                values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
+                self._cache[name] = (np.asarray(values, dtype=np.float64), None)
+            else:
+                self._cache[name] = (np.full(len(array), np.nan), 0)
+        return self._cache[name]
+
+    def is_numeric(self, name: str) -> bool:
+        """True for numeric columns and for text columns where at least one value is a number
+        (or that are empty); a text column with some bad values counts as numeric so that the
+        bad value is reported rather than the column silently dropped."""
+        values, first_bad = self.parse(name)
+        if first_bad is None:
+            return True
+        kind = self.table.column(name).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            return False
+        return bool(np.isfinite(values).any() or np.isinf(values).any())
+
+    def values(self, name: str) -> np.ndarray:
+        values, first_bad = self.parse(name)
+        if first_bad is not None:
+            kind = self.table.column(name).type
+            shown = self.table.column(name)[first_bad].as_py()
+            what = f"value {shown!r}" if not pa.types.is_string(kind) else f"non-numeric value {shown!r}"
+            raise ValueError(
+                f"Target column {name!r} of {self.source.describe()} has a {what} at "
+                f"{_row_hint(self.source, first_bad)} (column type {kind}). Fix or remove the value "
+                f"(an empty cell marks it as missing: it is masked out), or leave the column out "
+                f"with target_columns=[...]."
+            )
+        infinite = np.isinf(values)
+        if infinite.any():
+            row = int(np.argmax(infinite))
+            raise ValueError(
+                f"Target column {name!r} of {self.source.describe()} has a non-finite value "
+                f"({values[row]}) at {_row_hint(self.source, row)}. Infinite values are not allowed; "
+                f"leave the cell empty (or NaN) to mark a missing value, which is masked out."
+            )
+        return values
+
+
+def _parse_timestamps(table: pa.Table, column: str, source: _Source) -> pd.DatetimeIndex:
+    array = table.column(column)
+    if pa.types.is_timestamp(array.type) or pa.types.is_date(array.type):
+        return pd.DatetimeIndex(pd.to_datetime(array.to_pandas()), name=column)
+    raw = pd.Series(array.to_pylist(), dtype=object)
+    try:
+        parsed = pd.to_datetime(raw)
+    except (ValueError, TypeError):
+        try:
+            parsed = pd.to_datetime(raw, format="mixed")
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"Timestamp column {column!r} of {source.describe()} could not be parsed as dates "
+                f"({error}). Pass timestamp_column=<another column>, or timestamp_column=False to "
+                f"load the series without timestamps."
+            ) from error
+    return pd.DatetimeIndex(parsed, name=column)
+
+
+def load_series(
+    dataset: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    timestamp_column: TimestampArg = None,
+    target_columns: Sequence[str] | str | None = None,
+) -> tuple[pd.DataFrame, pd.DatetimeIndex | None, str]:
+    """Load a multivariate series.
+
+    Args:
+        dataset: a file path (.csv, .csv.gz, .parquet), a benchmark name or a Hub repo id.
+        data_dir: folder holding the benchmark files (default: ``$HIMTM_DATA_DIR``, else
+            ``<project>/../shared/data``).
+        timestamp_column: name of the timestamp column; None means ``"date"`` if present,
+            False means no timestamp column.
+        target_columns: columns to forecast; None means every numeric column except the
+            timestamp.
+
+    Returns:
+        ``(values, timestamps, name)``: a float64 DataFrame (one column per target, NaN for
+        missing values, RangeIndex over rows), a DatetimeIndex or None, and the dataset name.
+    """
+    source = _resolve_source(dataset, data_dir)
+    table = _load_table(source)
+    columns = [str(c) for c in table.column_names]
+    if table.num_rows == 0:
+        raise ValueError(f"{source.describe()} has no data rows (columns: {columns}).")
+
+    if timestamp_column is None:
+        ts_col: str | None = "date" if "date" in columns else None
+    elif timestamp_column is False:
+        ts_col = None
+    else:
+        ts_col = str(timestamp_column)
+        if ts_col not in columns:
+            raise ValueError(
+                f"Timestamp column {ts_col!r} not found in {source.describe()}; columns are {columns}. "
+                f"Pass one of them, or timestamp_column=False for no timestamps."
+            )
+
+    parser = _ColumnParser(table, source)
+    if target_columns is None:
+        targets = [c for c in columns if c != ts_col and parser.is_numeric(c)]
+        if not targets:
+            raise ValueError(
+                f"{source.describe()} has no numeric columns besides the timestamp column "
+                f"{ts_col!r}; columns are {columns}. Pass target_columns=[...] naming the columns "
+                f"to forecast."
+            )
+    else:
+        targets = [target_columns] if isinstance(target_columns, str) else [str(c) for c in target_columns]
+        if not targets:
+            raise ValueError("target_columns is empty; pass at least one column name or None.")
+        missing = [c for c in targets if c not in columns]
+        if missing:
+            raise ValueError(
+                f"Target column(s) {missing} not found in {source.describe()}; columns are {columns}."
+            )
+        if ts_col is not None and ts_col in targets:
+            raise ValueError(
+                f"Column {ts_col!r} is both the timestamp column and a target column; pass "
+                f"timestamp_column=False if it is really a numeric target."
+            )
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"target_columns has duplicates: {targets}.")
+
+    frame = pd.DataFrame({c: parser.values(c) for c in targets}, columns=targets)
+    timestamps = _parse_timestamps(table, ts_col, source) if ts_col is not None else None
+    return frame, timestamps, source.name
+
+
+# ----------------------------------------------------------------------------------------------
+# Scaler
+# ----------------------------------------------------------------------------------------------
+
+
+class SeriesScaler:
+    """Per-column standardisation (like ``sklearn.preprocessing.StandardScaler``).
+
+    ``mean``/``std`` are float64 arrays with one value per column. ``std`` uses ``ddof=0``; a zero
+    (constant column) std is replaced by 1. ``fit`` ignores NaNs.
+    """
+
+    FILE_NAME = "scaler.json"
+
+    def __init__(
+        self,
+        mean: Sequence[float] | np.ndarray | None = None,
+        std: Sequence[float] | np.ndarray | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        self.mean: np.ndarray | None = None if mean is None else np.asarray(mean, dtype=np.float64)
+        self.std: np.ndarray | None = None if std is None else np.asarray(std, dtype=np.float64)
+        self.columns: list[str] | None = None if columns is None else [str(c) for c in columns]
+        if self.mean is not None and self.std is not None and self.mean.shape != self.std.shape:
+            raise ValueError(f"mean {self.mean.shape} and std {self.std.shape} differ in shape.")
+        if self.columns is not None and self.mean is not None and len(self.columns) != self.mean.size:
+            raise ValueError(f"{len(self.columns)} column names for {self.mean.size} statistics.")
+
+    @property
+    def num_columns(self) -> int:
+        self._check_fitted()
+        assert self.mean is not None
+        return int(self.mean.size)
+
+    def fit(self, values: np.ndarray | pd.DataFrame, columns: Sequence[str] | None = None) -> SeriesScaler:
+        """Fit on ``values`` of shape (rows, columns), ignoring NaNs."""
+        if isinstance(values, pd.DataFrame):
+            columns = list(values.columns) if columns is None else columns
+            values = values.to_numpy(dtype=np.float64)
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim != 2:
+            raise ValueError(f"fit expects a (rows, columns) array, got shape {array.shape}.")
+        names = [str(c) for c in columns] if columns is not None else [str(i) for i in range(array.shape[1])]
+        observed = (~np.isnan(array)).sum(axis=0)
+        empty = [names[i] for i in np.flatnonzero(observed == 0)]
+        if empty:
+            raise ValueError(
+                f"Column(s) {empty} have no observed (non-NaN) value in the rows used to fit the "
+                f"scaler (the train split); leave them out with target_columns=[...]."
+            )
+        if np.isinf(array).any():
+            raise ValueError("Cannot fit the scaler on infinite values.")
+        mean = np.nanmean(array, axis=0)
+        std = np.nanstd(array, axis=0, ddof=0)
+        tiny = std <= 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)
+        std = np.where(tiny, 1.0, std)
+        self.mean, self.std, self.columns = mean, std, names
+        return self
+
+    def _check_fitted(self) -> None:
+        if self.mean is None or self.std is None:
+            raise RuntimeError("SeriesScaler is not fitted: call fit() or load() first.")
+
+    def _stats_like(self, x: Any) -> tuple[Any, Any]:
+        self._check_fitted()
+        assert self.mean is not None and self.std is not None
+        if x.shape[-1] != self.mean.size:
+            raise ValueError(
+                f"Last dimension {x.shape[-1]} does not match the scaler's {self.mean.size} columns."
+            )
+        if isinstance(x, torch.Tensor):
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            return (
+                torch.as_tensor(self.mean, dtype=dtype, device=x.device),
+                torch.as_tensor(self.std, dtype=dtype, device=x.device),
+            )
+        return self.mean, self.std
+
+    def transform(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``(x - mean) / std`` over the last dimension. NaNs stay NaN. Floating numpy inputs
+        keep their dtype; torch inputs keep dtype and device."""
+        mean, std = self._stats_like(x)
+        if isinstance(x, torch.Tensor):
+            return (x.to(mean.dtype) - mean) / std
+        array = np.asarray(x)
+        out = (array.astype(np.float64, copy=False) - mean) / std
+        return out.astype(array.dtype, copy=False) if np.issubdtype(array.dtype, np.floating) else out
+
+    def inverse_transform(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``x * std + mean`` over the last dimension (the inverse of :meth:`transform`)."""
+        mean, std = self._stats_like(x)
+        if isinstance(x, torch.Tensor):
+            return x.to(mean.dtype) * std + mean
+        array = np.asarray(x)
+        out = array.astype(np.float64, copy=False) * std + mean
+        return out.astype(array.dtype, copy=False) if np.issubdtype(array.dtype, np.floating) else out
+
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        assert self.mean is not None and self.std is not None
+        return {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> SeriesScaler:
+        return cls(mean=payload["mean"], std=payload["std"], columns=payload.get("columns"))
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``<directory>/scaler.json`` (columns, mean, std); returns its path."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.FILE_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> SeriesScaler:
+        """Read ``<directory>/scaler.json`` (or the JSON file itself if a file path is given)."""
+        path = Path(directory)
+        if path.is_dir() or path.suffix.lower() != ".json":
+            path = path / cls.FILE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No scaler file at {path}; it is written by SeriesScaler.save(directory)."
+            )
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def __repr__(self) -> str:
+        if self.mean is None:
+            return "SeriesScaler(unfitted)"
+        return f"SeriesScaler(columns={self.columns}, mean={self.mean}, std={self.std})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Window dataset
+# ----------------------------------------------------------------------------------------------
+
+
+class ForecastWindowDataset(Dataset):
+    """Sliding windows (stride 1) over one standardised split.
+
+    Item ``i`` covers rows ``[i, i + context_length + prediction_length)`` of the split and is a
+    dict with ``past_values`` (context_length, C) float32, ``future_values``
+    (prediction_length, C) float32 and the boolean ``past_observed_mask`` /
+    ``future_observed_mask`` of the same shapes. All are views into one stored tensor.
+
+    Args:
+        values: (rows, C) standardised values; NaNs (if any) are treated as missing.
+        context_length: look-back length L.
+        prediction_length: horizon H.
+        observed_mask: (rows, C) booleans, True where observed; default: ``~isnan(values)``.
+        start: row index of the split's first row in the full series (for bookkeeping).
+        name: split name.
+        return_future_observed_mask: set False for models whose forward() does not accept
+            ``future_observed_mask``.
+    """
+
+    def __init__(
+        self,
+        values: np.ndarray | torch.Tensor,
+        context_length: int,
+        prediction_length: int,
+        observed_mask: np.ndarray | torch.Tensor | None = None,
+        start: int = 0,
+        name: str = "split",
+        return_future_observed_mask: bool = True,
+    ) -> None:
+        if context_length < 1 or prediction_length < 1:
+            raise ValueError(
+                f"context_length and prediction_length must be >= 1, got {context_length}, {prediction_length}."
+            )
+        tensor = torch.as_tensor(values)
+        if tensor.ndim != 2:
+            raise ValueError(f"values must be (rows, channels), got shape {tuple(tensor.shape)}.")
+        tensor = tensor.to(torch.float32)
+        if observed_mask is None:
+            mask = ~torch.isnan(tensor)
+        else:
+            mask = torch.as_tensor(observed_mask).to(torch.bool)
+            if mask.shape != tensor.shape:
+                raise ValueError(f"observed_mask {tuple(mask.shape)} != values {tuple(tensor.shape)}.")
+        if torch.isnan(tensor).any():
+            tensor = torch.nan_to_num(tensor, nan=0.0)
+        self.values = tensor.contiguous() if not tensor.is_contiguous() else tensor
+        self.observed_mask = mask
+        self.context_length = int(context_length)
+        self.prediction_length = int(prediction_length)
+        self.start = int(start)
+        self.name = name
+        self.return_future_observed_mask = return_future_observed_mask
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.values.shape[1])
+
+    def __len__(self) -> int:
+        return max(0, self.num_rows - self.context_length - self.prediction_length + 1)
+
+    def window_start(self, index: int) -> int:
+        """Row index, in the full series, of the first look-back row of window ``index``."""
+        return self.start + self._check_index(index)
+
+    def _check_index(self, index: int) -> int:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"window index out of range for {self.name} split with {n} windows")
+        return index
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = self._check_index(int(index))
+        mid = i + self.context_length
+        end = mid + self.prediction_length
+        item = {
+            "past_values": self.values[i:mid],
+            "future_values": self.values[mid:end],
+            "past_observed_mask": self.observed_mask[i:mid],
+        }
+        if self.return_future_observed_mask:
+            item["future_observed_mask"] = self.observed_mask[mid:end]
+        return item
+
+    def __repr__(self) -> str:
+        return (
+            f"ForecastWindowDataset(name={self.name!r}, rows={self.num_rows}, channels={self.num_channels}, "
+            f"context_length={self.context_length}, prediction_length={self.prediction_length}, "
+            f"windows={len(self)}, start={self.start})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitData:
+    """The three window datasets of one series plus the scaler and bookkeeping."""
+
+    name: str
+    train: ForecastWindowDataset
+    val: ForecastWindowDataset
+    test: ForecastWindowDataset
+    scaler: SeriesScaler
+    columns: list[str]
+    timestamps: pd.DatetimeIndex | None
+    borders: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> np.ndarray:
+        assert self.scaler.mean is not None
+        return self.scaler.mean
+
+    @property
+    def std(self) -> np.ndarray:
+        assert self.scaler.std is not None
+        return self.scaler.std
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.columns)
+
+    @property
+    def context_length(self) -> int:
+        return self.train.context_length
+
+    @property
+    def prediction_length(self) -> int:
+        return self.train.prediction_length
+
+    def __getitem__(self, split: str) -> ForecastWindowDataset:
+        if split not in _SPLITS:
+            raise KeyError(f"unknown split {split!r}; use one of {_SPLITS}")
+        return getattr(self, split)
+
+
+def _check_fractions(split_fractions: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        fractions = tuple(float(f) for f in split_fractions)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"split_fractions must be three numbers (train, val, test), got {split_fractions!r}."
+        ) from error
+    if len(fractions) != 3:
+        raise ValueError(
+            f"split_fractions must be three numbers (train, val, test), got {split_fractions!r}."
+        )
+    train, val, test = fractions
+    if not all(math.isfinite(f) for f in fractions) or train <= 0 or test <= 0 or val < 0:
+        raise ValueError(
+            f"split_fractions {split_fractions!r} invalid: train and test must be > 0 and val >= 0, e.g. (0.7, 0.1, 0.2)."
+        )
+    if abs(train + val + test - 1.0) > 1e-6:
+        raise ValueError(
+            f"split_fractions {split_fractions!r} must sum to 1 (they sum to {train + val + test:g}), e.g. (0.7, 0.1, 0.2)."
+        )
+    return train, val, test
+
+
+def _split_sizes(
+    name: str,
+    n: int,
+    timestamps: pd.DatetimeIndex | None,
+    split_fractions: Sequence[float] | None,
+    split_dates: Sequence[Any] | None,
+) -> tuple[int, int, int]:
+    if split_fractions is not None and split_dates is not None:
+        raise ValueError("Pass either split_fractions or split_dates, not both.")
+    if split_dates is not None:
+        if timestamps is None:
+            raise ValueError(
+                "split_dates needs a timestamp column; the series has none (pass timestamp_column=...)."
+            )
+        if len(split_dates) != 2:
+            raise ValueError(f"split_dates must be two dates (train end, val end), got {split_dates!r}.")
+        first, second = (pd.Timestamp(d) for d in split_dates)
+        if second < first:
+            raise ValueError(f"split_dates must be in order, got {first} after {second}.")
+        if timestamps.hasnans or not timestamps.is_monotonic_increasing:
+            raise ValueError(
+                "split_dates needs timestamps sorted in increasing order without missing values."
+            )
+        stamps = timestamps.tz_localize(None) if timestamps.tz is not None else timestamps
+        train = int(stamps.searchsorted(first, side="left"))
+        val_end = int(stamps.searchsorted(second, side="left"))
+        sizes = (train, val_end - train, n - val_end)
+        if sizes[0] == 0 or sizes[2] == 0:
+            raise ValueError(
+                f"split_dates {split_dates!r} give train/val/test sizes {sizes} for timestamps "
+                f"{timestamps[0]} .. {timestamps[-1]}; train and test must be non-empty."
+            )
+        return sizes
+    if split_fractions is None:
+        if name in ("ETTh1", "ETTh2"):
+            fixed = _ETT_HOUR_SPLITS
+        elif name in ("ETTm1", "ETTm2"):
+            fixed = _ETT_MINUTE_SPLITS
+        else:
+            fixed = None
+        if fixed is not None:
+            if n < sum(fixed):
+                raise ValueError(
+                    f"The standard {name} split uses the first {sum(fixed)} rows "
+                    f"(train/val/test = {fixed}) but the series has {n} rows. Use the full file or "
+                    f"pass split_fractions=(0.7, 0.1, 0.2)."
+                )
+            return fixed
+        fractions = _DEFAULT_FRACTIONS
+    else:
+        fractions = _check_fractions(split_fractions)
+    train = int(fractions[0] * n)
+    test = int(fractions[2] * n)
+    return train, n - train - test, test
+
+
+def compute_borders(sizes: tuple[int, int, int], context_length: int) -> dict[str, tuple[int, int]]:
+    """Row ranges ``[start, end)`` of train/val/test; val and test start ``context_length`` early."""
+    train, val, test = sizes
+    return {
+        "train": (0, train),
+        "val": (max(0, train - context_length), train + val),
+        "test": (max(0, train + val - context_length), train + val + test),
+    }
+
+
+def _min_rows_needed(fractions: tuple[float, float, float], context_length: int, needed: int) -> int | None:
+    """Smallest series length whose train and test splits both hold ``needed`` rows."""
+    n = needed
+    limit = needed * 1000 + 10_000
+    while n <= limit:
+        train, test = int(fractions[0] * n), int(fractions[2] * n)
+        borders = compute_borders((train, n - train - test, test), context_length)
+        if all(borders[s][1] - borders[s][0] >= needed for s in ("train", "test")):
+            return n
+        n += 1
+    return None
+
+
+def load_splits(
+    dataset: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    context_length: int = 512,
+    prediction_length: int = 96,
+    timestamp_column: TimestampArg = None,
+    target_columns: Sequence[str] | str | None = None,
+    split_fractions: Sequence[float] | None = None,
+    split_dates: Sequence[Any] | None = None,
+) -> SplitData:
+    """Load a series, split it by rows, standardise with train statistics, and window it.
+
+    See the module docstring for the data sources, the split protocol and the NaN policy.
+
+    Args:
+        dataset: file path, benchmark name or Hub repo id.
+        data_dir: folder with the benchmark files (default ``$HIMTM_DATA_DIR`` or
+            ``<project>/../shared/data``).
+        context_length: look-back length L (val/test start L rows early).
+        prediction_length: horizon H.
+        timestamp_column: None = ``"date"`` if present, False = none, or a column name.
+        target_columns: None = all numeric columns except the timestamp.
+        split_fractions: optional (train, val, test) fractions summing to 1.
+        split_dates: optional (train_end, val_end) dates; each split ends before its date.
+
+    Returns:
+        A :class:`SplitData`.
+    """
+    if int(context_length) < 1 or int(prediction_length) < 1:
+        raise ValueError(
+            f"context_length and prediction_length must be >= 1, got {context_length}, {prediction_length}."
+        )
+    context_length, prediction_length = int(context_length), int(prediction_length)
+    frame, timestamps, name = load_series(dataset, data_dir, timestamp_column, target_columns)
+    n = len(frame)
+    protocol = resolve_benchmark_name(name) or name
+    sizes = _split_sizes(protocol, n, timestamps, split_fractions, split_dates)
+    borders = compute_borders(sizes, context_length)
+    needed = context_length + prediction_length
+
+    for split in ("test", "train"):
+        start, end = borders[split]
+        if end - start < needed:
+            hint = ""
+            if split_fractions is not None or (split_dates is None and protocol not in _ETT_NAMES):
+                fractions = (
+                    _check_fractions(split_fractions) if split_fractions is not None else _DEFAULT_FRACTIONS
+                )
+                minimum = _min_rows_needed(fractions, context_length, needed)
+                if minimum is not None:
+                    hint = f" With these split fractions the series needs at least {minimum} rows in total."
+            raise ValueError(
+                f"Series {name!r} ({n} rows) is too short: its {split} split covers rows [{start}, {end}) "
+                f"({end - start} rows) but one window needs context_length + prediction_length = "
+                f"{context_length} + {prediction_length} = {needed} rows.{hint} Use a longer series "
+                f"or a smaller context_length / prediction_length."
+            )
+    val_rows = borders["val"][1] - borders["val"][0]
+    if val_rows < needed:
+        warnings.warn(
+            f"The val split of {name!r} has {val_rows} rows, fewer than context_length + "
+            f"prediction_length = {needed}: it has no windows.",
+            stacklevel=2,
+        )
+
+    raw = frame.to_numpy(dtype=np.float64)
+    columns = [str(c) for c in frame.columns]
+    scaler = SeriesScaler().fit(raw[: borders["train"][1]], columns)
+    observed = ~np.isnan(raw)
+    scaled = np.asarray(scaler.transform(raw), dtype=np.float64)
+    scaled[~observed] = 0.0
+    values = torch.from_numpy(scaled.astype(np.float32))
+    mask = torch.from_numpy(observed)
+
+    splits = {
+        split: ForecastWindowDataset(
+            values[start:end],
+            context_length,
+            prediction_length,
+            observed_mask=mask[start:end],
+            start=start,
+            name=split,
+        )
+        for split, (start, end) in borders.items()
+    }
+    return SplitData(
+        name=name,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        scaler=scaler,
+        columns=columns,
+        timestamps=timestamps,
+        borders=borders,
+    )
