@@ -522,18 +522,33 @@ class HiMTMModel(HiMTMPreTrainedModel):
 
 
 def hierarchical_random_mask(
-    num_series: int, config: HiMTMConfig, device: torch.device, generator: torch.Generator | None = None
+    num_series: int,
+    config: HiMTMConfig,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draws `num_masked_units` of the `num_masking_units` coarsest tokens per series and broadcasts to patches.
 
     Because the mask is drawn at the coarsest hierarchy, a coarse token is masked exactly when all of its fine
     patches are, and 2-to-1 merging of the visible (or the masked) patches always joins true neighbours.
 
+    Args:
+        noise (`torch.Tensor` of shape `(num_series, num_masking_units)`, *optional*): uniform noise to rank instead
+            of drawing it (the units with the smallest noise are masked); lets a training loop make masks
+            independent of the number of processes.
+
     Returns:
         `torch.BoolTensor` of shape `(num_series, num_patches)`, True = masked.
     """
     units = config.num_masking_units
-    noise = torch.rand(num_series, units, device=device, generator=generator)
+    if noise is None:
+        noise = torch.rand(num_series, units, device=device, generator=generator)
+    elif noise.shape != (num_series, units):
+        raise ValueError(
+            f"`mask_noise` must have shape (batch_size, num_input_channels, num_masking_units) = "
+            f"(*, {config.num_input_channels}, {units}); got {tuple(noise.shape)} after flattening to series."
+        )
     ranks = noise.argsort(dim=1).argsort(dim=1)
     unit_mask = ranks < config.num_masked_units  # (num_series, units)
     return unit_mask.repeat_interleave(config.num_patches // units, dim=1)
@@ -779,6 +794,7 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_loss: bool = True,
+        mask_noise: torch.Tensor | None = None,
         **kwargs,
     ) -> HiMTMForPretrainingOutput | tuple:
         r"""
@@ -792,6 +808,9 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
             output_hidden_states (`bool`, *optional*): return the student's block outputs.
             return_dict (`bool`, *optional*): return a [`HiMTMForPretrainingOutput`] instead of a tuple.
             return_loss (`bool`, defaults to `True`): lets `Trainer` report `eval_loss` without labels.
+            mask_noise (`torch.Tensor` of shape `(batch_size, num_input_channels, num_masking_units)`, *optional*):
+                uniform noise that decides the mask (smallest `num_masked_units` per series are masked) instead of
+                a fresh draw; for masks that do not depend on how a batch is split across processes.
         Returns:
             [`HiMTMForPretrainingOutput`] or tuple.
         """
@@ -804,7 +823,9 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         patches, observed, loc, scale = self.model.prepare_patches(past_values, past_observed_mask)
         num_series = patches.shape[0]  # batch * channels
 
-        patch_mask = hierarchical_random_mask(num_series, config, patches.device)  # (series, num_patches)
+        if mask_noise is not None:
+            mask_noise = mask_noise.to(patches.device).reshape(num_series, -1)
+        patch_mask = hierarchical_random_mask(num_series, config, patches.device, noise=mask_noise)  # (series, N)
         visible_index, masked_index = split_indices(patch_mask)
         num_levels = config.effective_num_hierarchies
         level_masks = [mask_at_level(patch_mask, i) for i in range(num_levels)]

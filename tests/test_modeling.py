@@ -503,3 +503,18 @@ def test_package_does_not_import_itself_from_model_files():
                 module = line.split()[1]
                 assert module.startswith((".", "torch", "transformers", "__future__", "copy", "math", "dataclasses",
                                           "collections")), line
+
+
+def test_mask_noise_decides_the_mask():
+    cfg = tiny_config(dropout=0.0)
+    model = HiMTMForPretraining(cfg).eval()
+    x = batch(2, cfg)
+    noise = torch.rand(2, 3, cfg.num_masking_units)
+    a = model(x, mask_noise=noise)
+    b = model(x, mask_noise=noise)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.loss, b.loss)
+    smallest = noise.argsort(dim=-1)[..., : cfg.num_masked_units]
+    expected = torch.zeros(2, 3, cfg.num_masking_units, dtype=torch.bool).scatter(-1, smallest, True)
+    assert torch.equal(a.mask.bool(), expected.repeat_interleave(cfg.num_patches // cfg.num_masking_units, -1))
+    with pytest.raises(ValueError, match="mask_noise"):
+        model(x, mask_noise=torch.rand(2, 3, cfg.num_masking_units + 1))
