@@ -954,6 +954,13 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         """Linear probing switch: freezes (or unfreezes) the HMT encoder and records it in the config."""
         self.config.freeze_encoder = freeze
         self.model.requires_grad_(not freeze)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> HiMTMForPrediction:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.model.eval()  # a frozen encoder gives deterministic features: no dropout while probing
+        return self
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -291,6 +291,8 @@ def test_pretraining_to_prediction_transfer_loads_every_encoder_weight(tmp_path)
     probe = HiMTMForPrediction.from_pretrained(tmp_path, freeze_encoder=True)
     assert not any(p.requires_grad for p in probe.model.parameters())
     assert all(p.requires_grad for p in probe.head.parameters())
+    probe.train()
+    assert probe.head.training and not probe.model.training  # frozen encoder: no dropout while probing
     out = probe(batch(2, cfg), future_values=torch.randn(2, 8, 3))
     out.loss.backward()
     assert probe.head.projection.weight.grad is not None

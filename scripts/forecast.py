@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Forecast the rows that follow a CSV with a trained HiMTM model.
+
+    python scripts/forecast.py history.csv --model outputs/etth1-96 [--horizon 192] [--output forecast.csv]
+
+The CSV needs a timestamp column (``--timestamp_column``, default ``date``) and exactly the value columns the model
+was trained on (``scaler.json``). Writes the forecast CSV (future timestamps + one column per series, original
+units) and a PNG plot of the recent history and the forecast (``--plot``, default: the output path with ``.png``).
+``--model`` may also be a Hub repo id. Horizons beyond the model's ``prediction_length`` are rolled out
+autoregressively (errors compound).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from transformers import HfArgumentParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from himtm_hf.pipeline import HiMTMForecastPipeline  # noqa: E402
+
+
+@dataclass
+class ForecastArguments:
+    csv: str = field(metadata={"help": "History CSV (.csv or .csv.gz); may be given as the first positional argument."})
+    model: str = field(metadata={"help": "Trained output folder (model + scaler.json) or Hub repo id."})
+    horizon: int | None = field(default=None, metadata={"help": "Steps to forecast (default: prediction_length)."})
+    output: str | None = field(default=None, metadata={"help": "Output CSV (default: '<csv stem>_forecast.csv')."})
+    plot: str | None = field(default=None, metadata={"help": "Output PNG (default: the output path with .png)."})
+    no_plot: bool = field(default=False, metadata={"help": "Do not write the plot."})
+    timestamp_column: str = field(default="date", metadata={"help": "Name of the timestamp column."})
+    plot_history: int = field(default=336, metadata={"help": "History rows shown in the plot."})
+    max_plot_columns: int = field(default=8, metadata={"help": "Plot at most this many series (one panel each)."})
+    device: str | None = field(default=None, metadata={"help": "torch device, e.g. 'cuda' (default: cpu)."})
+
+
+def _positional_csv(argv: list[str]) -> list[str]:
+    """Accept ``forecast.py CSV --model ...`` by turning a leading positional argument into ``--csv CSV``."""
+    if argv and not argv[0].startswith("-"):
+        return ["--csv", argv[0], *argv[1:]]
+    return argv
+
+
+def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, timestamp_column: str, path: str | Path,
+                  history_rows: int = 336, max_columns: int = 8) -> Path:
+    """One panel per series: the last ``history_rows`` rows of history and the forecast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in forecast.columns if c != timestamp_column][:max_columns]
+    past = history.tail(history_rows)
+    past_time = pd.to_datetime(past[timestamp_column]) if not pd.api.types.is_numeric_dtype(
+        past[timestamp_column]) else past[timestamp_column]
+    fig, axes = plt.subplots(len(columns), 1, figsize=(10, 2.2 * len(columns)), sharex=True, squeeze=False)
+    for ax, column in zip(axes[:, 0], columns):
+        ax.plot(past_time, past[column], color="tab:blue", lw=1, label="history")
+        ax.plot(forecast[timestamp_column], forecast[column], color="tab:orange", lw=1.2, label="forecast")
+        ax.set_ylabel(str(column), fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    axes[0, 0].set_title(f"HiMTM forecast: {len(forecast)} steps")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = HfArgumentParser(ForecastArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=_positional_csv(list(sys.argv[1:] if argv is None else argv)))
+    history = pd.read_csv(args.csv)
+    pipe = HiMTMForecastPipeline.from_pretrained(args.model, device=args.device)
+    forecast = pipe(history, timestamp_column=args.timestamp_column, horizon=args.horizon)
+    stem = Path(args.csv).name.removesuffix(".gz").removesuffix(".csv")
+    output = Path(args.output) if args.output else Path(f"{stem}_forecast.csv")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    forecast.to_csv(output, index=False)
+    print(f"Wrote {len(forecast)} forecast rows to {output}")
+    if not args.no_plot:
+        plot = plot_forecast(history, forecast, args.timestamp_column, args.plot or output.with_suffix(".png"),
+                             args.plot_history, args.max_plot_columns)
+        print(f"Wrote the plot to {plot}")
+    return forecast
+
+
+if __name__ == "__main__":
+    main()

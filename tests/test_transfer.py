@@ -1,0 +1,142 @@
+"""Transfer driver: weather (21 channels) -> ETTh1 (7 channels) end to end on real data at the `quick` budget,
+for HiMTM and self-supervised PatchTST, full fine-tuning / linear probing / few-shot fractions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from himtm_hf.data import load_splits
+from himtm_hf.transfer import (
+    BUDGETS,
+    TransferArguments,
+    build_patchtst_config,
+    main,
+    parse_pair,
+    plan_runs,
+    run_transfer,
+)
+
+PROJECT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("HIMTM_DATA_DIR", PROJECT.parent / "shared" / "data"))
+pytestmark = pytest.mark.skipif(
+    not (DATA_DIR / "weather.csv.gz").is_file() or not (DATA_DIR / "ETTh1.csv.gz").is_file(),
+    reason=f"weather/ETTh1 not in {DATA_DIR}",
+)
+QUICK = BUDGETS["quick"]
+RECORD_KEYS = {
+    "source_dataset", "target_dataset", "pair", "prediction_length", "model", "protocol", "fraction", "mse", "mae",
+    "budget", "seed", "epochs", "wall_time_s", "device", "git_commit", "command", "train_windows",
+    "source_channels", "target_channels", "pretrain_steps", "finetune_steps", "budget_config",
+}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded (and do not stall when the CPU cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("transfer")
+    args = TransferArguments(pairs=["weather:ETTh1"], models=["himtm", "patchtst"],
+                             protocols=["finetune", "linear_probe"], fractions=[0.05, 1.0], budget="quick", seed=3,
+                             data_dir=str(DATA_DIR), results_dir=str(root / "results"), work_dir=str(root / "work"))
+    records = run_transfer(args, command="pytest transfer", log=lambda *_: None)
+    return args, records, root
+
+
+def test_matrix_runs_end_to_end_across_channel_counts(matrix):
+    args, records, root = matrix
+    assert len(records) == 8
+    cells = {(r["model"], r["protocol"], r["fraction"]) for r in records}
+    assert cells == {(m, p, f) for m in ("himtm", "patchtst") for p in ("finetune", "linear_probe") for f in (0.05, 1.0)}
+    n_train = len(load_splits("ETTh1", data_dir=DATA_DIR, context_length=QUICK.context_length,
+                              prediction_length=QUICK.prediction_length).train)
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        assert r["pair"] == "weather->ETTh1" and r["source_channels"] == 21 and r["target_channels"] == 7
+        assert r["budget"] == "quick" and r["seed"] == 3 and r["command"] == "pytest transfer"
+        assert math.isfinite(r["mse"]) and math.isfinite(r["mae"]) and 0 < r["mse"] < 10
+        assert r["encoder_tensors_loaded"] > 0 and r["pretrain_steps"] == QUICK.pretrain_steps
+        assert r["train_windows"] == (n_train if r["fraction"] == 1.0 else math.ceil(0.05 * n_train))
+        assert r["test_windows"] == QUICK.max_test_windows and r["full_test_split"] is False
+        assert r["finetune_steps"] == QUICK.finetune_steps
+        path = Path(args.results_dir) / "quick" / "weather-to-ETTh1" / f"H{QUICK.prediction_length}"
+        fraction = f"{r['fraction']:g}".replace(".", "p")
+        on_disk = json.loads((path / f"{r['model']}-{r['protocol']}-f{fraction}-seed3.json").read_text())
+        assert on_disk == r
+    # both arms get the same budget; a linear probe trains fewer parameters than full fine-tuning
+    assert len({json.dumps(r["budget_config"], sort_keys=True) for r in records}) == 1
+    for model in ("himtm", "patchtst"):
+        by = {(r["protocol"], r["fraction"]): r for r in records if r["model"] == model}
+        assert by[("linear_probe", 1.0)]["trainable_parameters"] < by[("finetune", 1.0)]["trainable_parameters"]
+    summary = (Path(args.results_dir) / "quick" / "summary.md").read_text()
+    assert "| weather->ETTh1 | 16 | linear_probe | 0.05 | 3 |" in summary and "patchtst MSE / MAE" in summary
+    # the pre-trained encoders were saved once per model and source, next to the fine-tuning run folders
+    assert sorted(p.name for p in (Path(args.work_dir) / "quick").iterdir()) == [
+        "finetune", "himtm-pretrain-weather-L64-seed3", "patchtst-pretrain-weather-L64-seed3"]
+    assert {r["pretrained_checkpoint"] for r in records} == {
+        str(Path(args.work_dir) / "quick" / f"{m}-pretrain-weather-L64-seed3") for m in ("himtm", "patchtst")}
+
+
+def test_existing_records_are_skipped(matrix):
+    args, records, _ = matrix
+    again = run_transfer(args, command="pytest transfer", log=lambda *_: None)
+    assert [r["created"] for r in again] == [r["created"] for r in records]
+
+
+@pytest.mark.parametrize("model", ["himtm", "patchtst"])
+def test_pretrained_encoder_is_loaded_and_linear_probe_keeps_it_frozen(matrix, model):
+    """The saved forecasters: after linear probing the encoder equals the pre-trained one tensor for tensor (so it
+    was loaded, and stayed frozen, batch-norm statistics included); full fine-tuning changed it."""
+    from safetensors.torch import load_file
+
+    args, records, _ = matrix
+    work = Path(args.work_dir) / "quick"
+    pretrained = load_file(work / f"{model}-pretrain-weather-L64-seed3" / "model.safetensors")
+    encoder_keys = [k for k in pretrained if k.startswith("model.")]
+    assert encoder_keys
+    finetuned = {}
+    for protocol in ("linear_probe", "finetune"):
+        folder = work / "finetune" / "weather-to-ETTh1" / "H16" / f"{model}-{protocol}-f1-seed3"
+        finetuned[protocol] = load_file(folder / "model.safetensors")
+        assert (folder / "scaler.json").is_file() and (folder / "metrics.json").is_file()
+        assert any(k.startswith("head.") for k in finetuned[protocol])
+    for key in encoder_keys:
+        torch.testing.assert_close(finetuned["linear_probe"][key], pretrained[key], rtol=0, atol=0)
+    assert any(not torch.equal(finetuned["finetune"][k], pretrained[k]) for k in encoder_keys)
+
+
+def test_patchtst_baseline_is_configured_as_in_the_paper():
+    config = build_patchtst_config(BUDGETS["cpu"], num_channels=7, pretraining=True)
+    assert (config.patch_length, config.patch_stride, config.random_mask_ratio) == (12, 12, 0.4)
+    assert config.pooling_type is None and config.scaling == "std" and config.do_mask_input
+    assert (config.d_model, config.num_attention_heads, config.ffn_dim, config.num_hidden_layers) == (128, 16, 512, 3)
+    forecaster = build_patchtst_config(BUDGETS["cpu"], num_channels=7)
+    assert not forecaster.do_mask_input and forecaster.pooling_type is None
+
+
+def test_plan_and_argument_errors(capsys):
+    assert parse_pair("weather:ETTh1") == parse_pair("weather->ETTh1") == ("weather", "ETTh1")
+    with pytest.raises(ValueError, match="source:target"):
+        parse_pair("weather")
+    args = TransferArguments(pairs=["weather:ETTh1", "ETTm1:ETTh2"], protocols=["finetune", "linear_probe", "scratch"])
+    assert len(plan_runs(args)) == 2 * 2 * 3 * 3
+    for bad, message in ((dict(models=["lstm"]), "Unknown model"), (dict(protocols=["lora"]), "Unknown protocol"),
+                         (dict(fractions=[0.0]), r"Fractions must be in \(0, 1\]")):
+        with pytest.raises(ValueError, match=message):
+            plan_runs(TransferArguments(**bad))
+    with pytest.raises(ValueError, match="Unknown budget"):
+        run_transfer(TransferArguments(budget="huge"))
+    assert main(["--pairs", "weather:ETTh1", "--models", "himtm", "--fractions", "0.1", "--list_only"]) == []
+    assert "TransferRun(source='weather', target='ETTh1', model='himtm', protocol='finetune'" in capsys.readouterr().out
