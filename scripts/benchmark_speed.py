@@ -1,7 +1,8 @@
 """Train-step and inference throughput and peak memory: HiMTM vs HF PatchTST at matched width, depth and look-back.
 
-Each (model, look-back) pair runs in its own subprocess so that peak memory is measured per pair (CUDA:
-`max_memory_allocated`; CPU: the process's peak RSS growth during the timed steps, via `/proc/self/clear_refs`).
+On CPU each (model, look-back) pair runs in its own subprocess so that peak memory is measured per pair (the
+process's peak RSS growth during the timed steps, via `/proc/self/clear_refs`); on CUDA the pairs run in one process
+and peak memory is `torch.cuda.max_memory_allocated` after a reset.
 
     python scripts/benchmark_speed.py                                 # CPU, look-backs 512..4096
     python scripts/benchmark_speed.py --device cuda --batch_size 64   # on a GPU
@@ -45,6 +46,8 @@ class SpeedArguments:
     repeats: int = 5
     dtype: str = field(default="float32", metadata={"help": "'float32' or 'bfloat16' (autocast, CUDA)."})
     output_dir: str = str(ROOT / "docs" / "results" / "speed")
+    in_process: bool = field(default=False, metadata={"help": "Measure every pair in this process (CPU peak memory "
+                                                              "is then only indicative); always on for CUDA."})
     models: list[str] = field(default_factory=lambda: list(MODELS))
 
 
@@ -169,15 +172,23 @@ def main(args: SpeedArguments) -> dict:
         args.batch_size = min(args.batch_size, 4)
         args.d_model, args.num_heads, args.ffn_dim = 32, 4, 64
         args.warmup, args.repeats = 1, 1
+        args.in_process = True
     rows = []
     for context_length in args.context_lengths:
         for name in args.models:
-            cmd = [sys.executable, __file__, "--_child", json.dumps({"name": name, "L": context_length,
-                                                                     "args": asdict(args)})]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{name} at L={context_length} failed:\n{proc.stderr[-3000:]}")
-            record = json.loads(proc.stdout.strip().splitlines()[-1])
+            if args.device == "cuda" or args.in_process:
+                # CUDA peak memory is per pair via reset_peak_memory_stats: no subprocess (and its start-up) needed.
+                record = measure_one(name, context_length, args)
+                import torch
+
+                torch.cuda.empty_cache()
+            else:
+                cmd = [sys.executable, __file__, "--_child", json.dumps({"name": name, "L": context_length,
+                                                                         "args": asdict(args)})]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{name} at L={context_length} failed:\n{proc.stderr[-3000:]}")
+                record = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append({"model": name, "context_length": context_length, **record})
             print(f"{name:22s} L={context_length:5d} train {record['train']['windows_per_s']:9.1f} win/s  "
                   f"infer {record['inference']['windows_per_s']:9.1f} win/s  "

@@ -1,0 +1,531 @@
+"""Side-by-side benchmarks: HiMTM vs `transformers` PatchTST under one protocol, data, optimiser and budget.
+
+Used by `scripts/benchmark_accuracy.py` and `scripts/ablate.py`. Every run writes one JSON record under
+`docs/results/<kind>/` (dataset, horizon, model, mse, mae, budget, seed, epochs, wall time, device, git commit,
+command) and `regenerate_results_md()` rebuilds `docs/results.md` from all records there.
+
+Models (configured as in `HIMTM-NOTES.md`, "Configuring the PatchTST baseline faithfully"):
+
+- `himtm`: `HiMTMForPretraining` on the train split, then `HiMTMForPrediction` fine-tuned from it (full fine-tune).
+- `patchtst_supervised`: `PatchTSTForPrediction` trained from scratch, PatchTST/64 setting (patch 16, stride 8, 3
+  layers, flatten head `pooling_type=None`, `scaling="std"`; d_model 16 / 4 heads / d_ff 128 / dropout 0.3 on ETTh,
+  d_model 128 / 16 heads / d_ff 256 / dropout 0.2 elsewhere).
+- `patchtst_selfsupervised`: `PatchTSTForPretraining` (patch 12, stride 12, mask 0.4, d_model 128, 16 heads, d_ff 512,
+  3 layers, dropout 0.2), then `PatchTSTForPrediction` initialised from its encoder and fine-tuned.
+
+All three use the same splits, train-only standardisation, AdamW + warm-up/cosine schedule, early stopping on
+validation loss, the same learning rates per phase and the same epoch/step budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+
+from .configuration_himtm import HiMTMConfig
+from .data import SplitData, load_splits
+from .evaluation import compute_forecast_metrics
+from .modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "docs" / "results"
+MODELS = ("himtm", "patchtst_supervised", "patchtst_selfsupervised")
+SMALL_DATASETS = {"ETTh1", "ETTh2", "national_illness", "exchange_rate"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training every model gets (identical across models)."""
+
+    name: str
+    pretrain_epochs: float
+    finetune_epochs: float
+    max_steps_pretrain: int = -1
+    max_steps_finetune: int = -1
+    batch_size: int = 64
+    max_train_windows: int | None = None
+    max_eval_windows: int | None = None
+    max_test_windows: int | None = None  # None = every test window (the protocol)
+    early_stopping_patience: int = 3
+    pretrain_learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    tiny_models: bool = False
+
+
+BUDGETS: dict[str, Budget] = {
+    # CI smoke run: a few steps on a slice; numbers are meaningless, the point is that the scripts run.
+    "quick": Budget("quick", 1, 1, max_steps_pretrain=3, max_steps_finetune=3, batch_size=8, max_train_windows=64,
+                    max_eval_windows=32, max_test_windows=64, tiny_models=True),
+    # About an hour for ETTh1 + ETTh2 (3 models x 4 horizons) on 2 CPU cores.
+    # A short schedule, so fine-tuning gets a higher learning rate than the paper's 1e-4 (for every model alike).
+    "cpu": Budget("cpu", 2, 2, batch_size=64, max_train_windows=4000, max_eval_windows=1000,
+                  finetune_learning_rate=5e-4),
+    # GPU: the whole train split, more epochs, early stopping.
+    "full": Budget("full", 10, 10, batch_size=128, early_stopping_patience=3),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model configurations
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def himtm_config(dataset: str, context_length: int, prediction_length: int, num_channels: int, budget: Budget,
+                 **overrides: Any) -> HiMTMConfig:
+    """HiMTM at the project defaults (patch 16, 3 hierarchies, 1 block each), width by dataset size."""
+    if budget.tiny_models:
+        size = dict(d_model=16, num_attention_heads=2, ffn_dim=32, decoder_num_attention_heads=2,
+                    csa_num_attention_heads=2)
+    elif dataset in SMALL_DATASETS:
+        size = dict(d_model=64, num_attention_heads=8, ffn_dim=128, decoder_num_attention_heads=8,
+                    csa_num_attention_heads=8, dropout=0.2)
+    else:
+        size = dict(d_model=128, num_attention_heads=16, ffn_dim=256, decoder_num_attention_heads=16,
+                    csa_num_attention_heads=16, dropout=0.2)
+    return HiMTMConfig(context_length=context_length, prediction_length=prediction_length,
+                       num_input_channels=num_channels, **{**size, **overrides})
+
+
+def patchtst_config(kind: str, dataset: str, context_length: int, prediction_length: int, num_channels: int,
+                    budget: Budget):
+    """`PatchTSTConfig` of the PatchTST paper's scripts for `kind` in {'supervised', 'selfsupervised'}."""
+    from transformers import PatchTSTConfig
+
+    common = dict(context_length=context_length, prediction_length=prediction_length,
+                  num_input_channels=num_channels, num_hidden_layers=3, scaling="std", pooling_type=None,
+                  head_dropout=0.0)
+    if budget.tiny_models:
+        size = dict(d_model=16, num_attention_heads=2, ffn_dim=32, dropout=0.1)
+    elif kind == "selfsupervised":
+        size = dict(d_model=128, num_attention_heads=16, ffn_dim=512, dropout=0.2)
+    elif dataset in SMALL_DATASETS:
+        size = dict(d_model=16, num_attention_heads=4, ffn_dim=128, dropout=0.3)
+    else:
+        size = dict(d_model=128, num_attention_heads=16, ffn_dim=256, dropout=0.2)
+    if kind == "selfsupervised":
+        patching = dict(patch_length=12, patch_stride=12, mask_type="random", random_mask_ratio=0.4,
+                        do_mask_input=True)
+    else:
+        patching = dict(patch_length=16, patch_stride=8)
+    return PatchTSTConfig(**common, **size, **patching)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _train_args(budget: Budget, phase: str, output_dir: Path, seed: int, disable_tqdm: bool = True):
+    from .training.arguments import TrainArguments
+
+    pre = phase == "pretrain"
+    return TrainArguments(
+        output_dir=str(output_dir),
+        overwrite_output_dir=True,
+        per_device_train_batch_size=budget.batch_size,
+        per_device_eval_batch_size=max(256, budget.batch_size),
+        learning_rate=budget.pretrain_learning_rate if pre else budget.finetune_learning_rate,
+        num_train_epochs=budget.pretrain_epochs if pre else budget.finetune_epochs,
+        max_steps=budget.max_steps_pretrain if pre else budget.max_steps_finetune,
+        early_stopping_patience=budget.early_stopping_patience,
+        max_train_windows=budget.max_train_windows,
+        max_eval_windows=budget.max_eval_windows,
+        seed=seed,
+        logging_steps=50,
+        disable_tqdm=disable_tqdm,
+    )
+
+
+def _evaluate(model, splits: SplitData, budget: Budget, accelerator=None) -> dict[str, Any]:
+    from .training.loop import predict
+
+    out = predict(model, splits.test, batch_size=256, accelerator=accelerator, max_windows=budget.max_test_windows,
+                  disable_tqdm=True)
+    metrics = compute_forecast_metrics(out["predictions"], out["targets"], out["observed_mask"])
+    metrics["num_test_windows"] = int(out["predictions"].shape[0])
+    metrics["full_test_split"] = metrics["num_test_windows"] == len(splits.test)
+    return metrics
+
+
+def pretrain_model(model_name: str, splits: SplitData, budget: Budget, seed: int, work_dir: Path,
+                   himtm_overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Pre-trains HiMTM or self-supervised PatchTST; returns the saved folder and a summary."""
+    from transformers import PatchTSTForPretraining
+
+    from .training.loop import train_model
+
+    set_seed(seed)
+    L, C = splits.context_length, splits.num_channels
+    if model_name == "himtm":
+        model = HiMTMForPretraining(himtm_config(splits.name, L, splits.prediction_length, C, budget,
+                                                 **(himtm_overrides or {})))
+    else:
+        model = PatchTSTForPretraining(patchtst_config("selfsupervised", splits.name, L, splits.prediction_length, C,
+                                                       budget))
+    out_dir = work_dir / f"{model_name}-pretrain"
+    result = train_model(model, splits.train, splits.val, _train_args(budget, "pretrain", out_dir, seed),
+                         is_pretraining=True)
+    result.model.save_pretrained(out_dir)
+    summary = {"pretrain_steps": result.global_step, "pretrain_epochs": result.epochs,
+               "pretrain_best_val_loss": result.best_val_loss, "pretrain_wall_time_s": round(result.wall_time_s, 2),
+               "pretrain_final_train_loss": _last_train_loss(result.history)}
+    del result
+    return out_dir, summary
+
+
+def _last_train_loss(history: list[dict[str, Any]]) -> float | None:
+    losses = [h.get("loss") for h in history if h.get("split") == "train" and h.get("loss") is not None]
+    return float(losses[-1]) if losses else None
+
+
+def finetune_model(model_name: str, splits: SplitData, budget: Budget, seed: int, work_dir: Path,
+                   pretrained: Path | None, himtm_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tunes (from `pretrained`) or trains from scratch, then evaluates on the test split."""
+    from transformers import PatchTSTForPrediction
+
+    from .training.loop import train_model
+
+    set_seed(seed)
+    L, H, C = splits.context_length, splits.prediction_length, splits.num_channels
+    if model_name == "himtm":
+        if pretrained is not None:
+            model = HiMTMForPrediction.from_pretrained(pretrained, prediction_length=H, num_input_channels=C,
+                                                       **(himtm_overrides or {}))
+        else:
+            model = HiMTMForPrediction(himtm_config(splits.name, L, H, C, budget, **(himtm_overrides or {})))
+    elif model_name == "patchtst_supervised":
+        model = PatchTSTForPrediction(patchtst_config("supervised", splits.name, L, H, C, budget))
+    else:
+        config = patchtst_config("selfsupervised", splits.name, L, H, C, budget)
+        config.do_mask_input = False
+        model = PatchTSTForPrediction.from_pretrained(pretrained, config=config)
+    out_dir = work_dir / f"{model_name}-H{H}"
+    result = train_model(model, splits.train, splits.val, _train_args(budget, "finetune", out_dir, seed))
+    metrics = _evaluate(result.model, splits, budget)
+    metrics.update({"finetune_steps": result.global_step, "finetune_epochs": result.epochs,
+                    "best_val_loss": result.best_val_loss, "finetune_wall_time_s": round(result.wall_time_s, 2),
+                    "finetune_final_train_loss": _last_train_loss(result.history),
+                    "num_parameters": sum(p.numel() for p in result.model.parameters())})
+    return metrics
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import os
+    import platform
+
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT)
+    commit = proc.stdout.strip() or "unknown"
+    return commit + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def write_record(results_dir: Path, kind: str, record: dict[str, Any]) -> Path:
+    """Writes one run's JSON record under `results_dir/kind/`."""
+    folder = Path(results_dir) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "-".join(str(record.get(k)) for k in ("dataset", "prediction_length", "model", "variant", "budget", "seed")
+                    if record.get(k) is not None)
+    path = folder / f"{stem}-{record['device_kind']}.json"
+    path.write_text(json.dumps(record, indent=2, default=_json_default))
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def base_record(dataset: str, budget: Budget, seed: int, context_length: int) -> dict[str, Any]:
+    return {
+        "dataset": dataset, "context_length": context_length, "budget": budget.name, "budget_detail": asdict(budget),
+        "seed": seed, "device": device_name(), "device_kind": "cuda" if torch.cuda.is_available() else "cpu",
+        "git_commit": git_commit(), "command": command_line(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Accuracy benchmark
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], budget: Budget, seeds: list[int],
+                 work_dir: Path, results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
+                 context_length: int = 512) -> list[dict[str, Any]]:
+    """One pre-training per (dataset, self-supervised model, seed), one fine-tune per horizon; a record per run."""
+    records = []
+    for dataset in datasets:
+        for seed in seeds:
+            base_splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
+                                      prediction_length=min(horizons))
+            pretrained: dict[str, tuple[Path, dict[str, Any]]] = {}
+            for model_name in models:
+                if model_name in ("himtm", "patchtst_selfsupervised"):
+                    pretrained[model_name] = pretrain_model(model_name, base_splits, budget, seed,
+                                                            work_dir / base_splits.name / f"seed{seed}")
+            for horizon in horizons:
+                splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
+                                     prediction_length=horizon)
+                for model_name in models:
+                    start = time.time()
+                    ckpt, pre_summary = pretrained.get(model_name, (None, {}))
+                    metrics = finetune_model(model_name, splits, budget, seed,
+                                             work_dir / splits.name / f"seed{seed}", ckpt)
+                    record = {**base_record(splits.name, budget, seed, context_length), "model": model_name,
+                              "prediction_length": horizon, **pre_summary, **metrics,
+                              "wall_time_s": round(time.time() - start + pre_summary.get("pretrain_wall_time_s", 0), 2)}
+                    path = write_record(results_dir, "accuracy", record)
+                    records.append(record)
+                    print(f"{splits.name} H={horizon} {model_name}: MSE {metrics['mse']:.4f} MAE {metrics['mae']:.4f}"
+                          f" ({metrics['finetune_steps']} steps) -> {path}", flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Ablation
+# ----------------------------------------------------------------------------------------------------------------------
+
+ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_hmt": {"use_hmt": False},
+    "no_ded": {"use_ded": False},
+    "no_hsd": {"use_hsd": False},
+    "no_csa": {"use_csa": False},
+    "hierarchies_1": {"num_hierarchies": 1},
+    "hierarchies_2": {"num_hierarchies": 2},
+    # 3 hierarchies and mask ratio 0.5 are the defaults: that point of both sweeps is the "full" row.
+    "hierarchies_4": {"num_hierarchies": 4},
+    "mask_0.3": {"mask_ratio": 0.3},
+    "mask_0.4": {"mask_ratio": 0.4},
+    "mask_0.6": {"mask_ratio": 0.6},
+    "mask_0.7": {"mask_ratio": 0.7},
+    "teacher_ema": {"teacher_type": "ema"},
+    "teacher_full_input": {"teacher_input": "full"},
+}
+PRETRAIN_ONLY_FIELDS = {"use_ded", "use_hsd", "mask_ratio", "teacher_type", "teacher_input"}
+
+
+def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget: Budget, seeds: list[int],
+                 work_dir: Path, results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
+                 context_length: int = 512) -> list[dict[str, Any]]:
+    """Pre-train + fine-tune HiMTM per variant, dataset and seed at one horizon; a record per run."""
+    records = []
+    for dataset in datasets:
+        splits = load_splits(dataset, data_dir=data_dir, context_length=context_length, prediction_length=horizon)
+        for variant in variants:
+            overrides = ABLATION_VARIANTS[variant]
+            for seed in seeds:
+                start = time.time()
+                run_dir = work_dir / splits.name / variant / f"seed{seed}"
+                ckpt, pre_summary = pretrain_model("himtm", splits, budget, seed, run_dir, overrides)
+                finetune_overrides = {k: v for k, v in overrides.items() if k == "use_csa"}
+                metrics = finetune_model("himtm", splits, budget, seed, run_dir, ckpt, finetune_overrides)
+                record = {**base_record(splits.name, budget, seed, context_length), "model": "himtm",
+                          "variant": variant, "overrides": overrides, "prediction_length": horizon, **pre_summary,
+                          **metrics, "wall_time_s": round(time.time() - start, 2)}
+                path = write_record(results_dir, "ablation", record)
+                records.append(record)
+                print(f"{splits.name} {variant} seed {seed}: MSE {metrics['mse']:.4f} MAE {metrics['mae']:.4f} "
+                      f"-> {path}", flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# docs/results.md
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _load_records(results_dir: Path, kind: str) -> list[dict[str, Any]]:
+    folder = Path(results_dir) / kind
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("*.json"))] if folder.exists() else []
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def regenerate_results_md(results_dir: Path = RESULTS_DIR, output: Path | None = None) -> Path:
+    """Rebuilds `docs/results.md` from every JSON record under `results_dir` (accuracy, ablation, speed, transfer)."""
+    results_dir = Path(results_dir)
+    output = Path(output) if output else results_dir.parent / "results.md"
+    lines = ["# Results", "",
+             "Generated by `himtm_hf.benchmarking.regenerate_results_md()` from the JSON records under "
+             "`docs/results/`; do not edit by hand. Every table names the command, budget, device and commit that "
+             "produced its numbers. MSE/MAE are on the standardised test split (train-split statistics), every test "
+             "window unless the budget says otherwise (`quick` caps them).", ""]
+    lines += _accuracy_section(_load_records(results_dir, "accuracy"))
+    lines += _ablation_section(_load_records(results_dir, "ablation"))
+    lines += _transfer_section(_load_records(results_dir, "transfer"))
+    lines += _speed_section(results_dir / "speed")
+    output.write_text("\n".join(lines) + "\n")
+    return output
+
+
+def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Accuracy: HiMTM vs PatchTST (same splits, scaler, optimiser and budget)", ""]
+    if not records:
+        return lines + ["No accuracy records yet.", ""]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["budget"], r["device_kind"])].append(r)
+    for (budget, _device_kind), rows in sorted(groups.items()):
+        devices = sorted({r["device"] for r in rows})
+        commands = sorted({r["command"] for r in rows})
+        commits = sorted({r["git_commit"] for r in rows})
+        lines += [f"### Budget `{budget}` on {', '.join(devices)}", "",
+                  f"Commands: {'; '.join(f'`{c}`' for c in commands)}. Commits: {', '.join(commits)}. "
+                  f"Budget: `{json.dumps(rows[0]['budget_detail'])}`.", ""]
+        models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+        lines.append("| dataset | H | " + " | ".join(f"{m} MSE / MAE" for m in models) + " |")
+        lines.append("|---|---|" + "---|" * len(models))
+        table: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            table[(r["dataset"], r["prediction_length"], r["model"])].append(r)
+        datasets = sorted({r["dataset"] for r in rows})
+        averages = []
+        for dataset in datasets:
+            horizons = sorted({r["prediction_length"] for r in rows if r["dataset"] == dataset})
+            sums: dict[str, list[float]] = defaultdict(list)
+            for h in horizons:
+                cells = []
+                for m in models:
+                    runs = table.get((dataset, h, m), [])
+                    if runs:
+                        mse = float(np.mean([x["mse"] for x in runs]))
+                        mae = float(np.mean([x["mae"] for x in runs]))
+                        sums[m].append(mse)
+                        cells.append(f"{mse:.4f} / {mae:.4f}" + (f" (n={len(runs)})" if len(runs) > 1 else ""))
+                    else:
+                        cells.append("–")
+                lines.append(f"| {dataset} | {h} | " + " | ".join(cells) + " |")
+            complete = {m: v for m, v in sums.items() if len(v) == len(horizons)}
+            avg_cells = [f"**{np.mean(complete[m]):.4f}**" if m in complete else "–" for m in models]
+            lines.append(f"| {dataset} | avg | " + " | ".join(avg_cells) + " |")
+            if "himtm" in complete:
+                ratios = {m: np.mean(complete["himtm"]) / np.mean(v) for m, v in complete.items() if m != "himtm"}
+                averages.append((dataset, ratios))
+        lines.append("")
+        if averages:
+            lines += ["HiMTM / PatchTST ratio of the horizon-averaged MSE (target: <= 0.97):", ""]
+            for dataset, ratios in averages:
+                parts = [f"{m}: {v:.3f} ({'met' if v <= 0.97 else 'missed'})" for m, v in ratios.items()]
+                lines.append(f"- {dataset}: " + ", ".join(parts))
+            lines.append("")
+        losses = [r for r in rows if r.get("pretrain_final_train_loss") is not None]
+        if losses:
+            lines += ["Final training losses seen (pre-training / fine-tuning, last logged step):", ""]
+            for r in sorted(losses, key=lambda x: (x["dataset"], x["prediction_length"], x["model"])):
+                lines.append(f"- {r['dataset']} H={r['prediction_length']} {r['model']}: pretrain "
+                             f"{_fmt(r.get('pretrain_final_train_loss'))}, finetune "
+                             f"{_fmt(r.get('finetune_final_train_loss'))}, best val {_fmt(r.get('best_val_loss'))}")
+            lines.append("")
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.4f}"
+
+
+def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Ablation (HiMTM, pre-train + fine-tune per variant; mean ± std over seeds)", ""]
+    if not records:
+        return lines + ["No ablation records yet.", ""]
+    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["budget"], r["device"], r["dataset"], r["prediction_length"])].append(r)
+    for (budget, device, dataset, horizon), rows in sorted(groups.items()):
+        commands = sorted({r["command"] for r in rows})
+        lines += [f"### {dataset}, H={horizon}, budget `{budget}`, {device}", "",
+                  f"Commands: {'; '.join(f'`{c}`' for c in commands)}. Commits: "
+                  f"{', '.join(sorted({r['git_commit'] for r in rows}))}.", "",
+                  "| variant | overrides | seeds | test MSE | test MAE |", "|---|---|---|---|---|"]
+        by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_variant[r["variant"]].append(r)
+        order = [v for v in ABLATION_VARIANTS if v in by_variant] + sorted(set(by_variant) - set(ABLATION_VARIANTS))
+        for variant in order:
+            runs = by_variant[variant]
+            lines.append(f"| {variant} | `{json.dumps(runs[0].get('overrides', {}))}` | {len(runs)} | "
+                         f"{_mean_std([x['mse'] for x in runs])} | {_mean_std([x['mae'] for x in runs])} |")
+        lines.append("")
+    return lines
+
+
+def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Transfer (pre-train on the source, fine-tune / linear-probe on the target)", ""]
+    if not records:
+        return lines + ["No transfer records yet.", ""]
+    lines += ["| source -> target | H | model | protocol | fraction | MSE | MAE | test windows | budget | device | "
+              "command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def key(r: dict[str, Any]) -> tuple:
+        return (str(r.get("budget")), str(r.get("source_dataset")), str(r.get("target_dataset")), str(r.get("model")),
+                str(r.get("protocol")), float(r.get("fraction") or 0))
+
+    for r in sorted(records, key=key):
+        lines.append(f"| {r.get('source_dataset')} -> {r.get('target_dataset')} | {r.get('prediction_length')} | "
+                     f"{r.get('model')} | {r.get('protocol')} | {r.get('fraction')} | {_fmt(r.get('mse'))} | "
+                     f"{_fmt(r.get('mae'))} | {r.get('test_windows')} | {r.get('budget')} | {r.get('device')} | "
+                     f"`{r.get('command')}` |")
+    return lines + [""]
+
+
+def _speed_section(folder: Path) -> list[str]:
+    lines = ["## Speed and memory (HiMTM / PatchTST at matched width, depth and look-back)", ""]
+    files = sorted(folder.glob("*.json")) if folder.exists() else []
+    if not files:
+        return lines + ["No speed records yet.", ""]
+    for path in files:
+        data = json.loads(path.read_text())
+        lines += [f"### {data['device_name']} ({data['budget']}), commit {data['git_commit']}", "",
+                  f"Command: `{data['command']}`; batch {data['arguments']['batch_size']}, "
+                  f"{data['arguments']['num_input_channels']} channels, d_model {data['arguments']['d_model']}, "
+                  f"total depth {data['arguments']['total_depth']}, median of {data['arguments']['repeats']}.", "",
+                  "| kind | L | train throughput ratio | inference throughput ratio | train peak memory ratio |",
+                  "|---|---|---|---|---|"]
+        for r in data["summary"]["ratios"]:
+            lines.append(f"| {r['kind']} | {r['context_length']} | {r['train_throughput_ratio']:.2f}x | "
+                         f"{r['inference_throughput_ratio']:.2f}x | {r['train_peak_memory_ratio']:.2f}x |")
+        lines += ["", "| model | L | train windows/s | inference windows/s | train peak MB |", "|---|---|---|---|---|"]
+        for r in data["rows"]:
+            lines.append(f"| {r['model']} | {r['context_length']} | {r['train']['windows_per_s']:.1f} | "
+                         f"{r['inference']['windows_per_s']:.1f} | {r['train']['peak_memory_mb']:.1f} |")
+        lines += ["", "| model | train-time growth, shortest -> longest L | growth / linear (target <= 1.5) |",
+                  "|---|---|---|"]
+        for model, g in data["summary"]["cost_growth"].items():
+            lines.append(f"| {model} | {g['train_time_growth']:.2f}x | {g['growth_over_linear']:.2f} |")
+        lines.append("")
+    return lines
+
+
+def budget_by_name(name: str, **changes: Any) -> Budget:
+    if name not in BUDGETS:
+        raise ValueError(f"Unknown budget {name!r}; choose one of {sorted(BUDGETS)}.")
+    return replace(BUDGETS[name], **changes) if changes else BUDGETS[name]

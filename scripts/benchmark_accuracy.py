@@ -1,0 +1,50 @@
+"""Accuracy benchmark: HiMTM vs HF PatchTST (supervised and self-supervised), same protocol and budget.
+
+    python scripts/benchmark_accuracy.py --budget cpu --datasets ETTh1 ETTh2        # ~1 h on 2 CPU cores
+    python scripts/benchmark_accuracy.py --budget full                              # GPU, all five datasets
+    python scripts/benchmark_accuracy.py --budget quick --datasets ETTh1 --horizons 96   # CI smoke run
+
+One JSON record per (dataset, horizon, model, seed) under `docs/results/accuracy/`; `docs/results.md` is rebuilt
+from every record at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from himtm_hf.benchmarking import MODELS, RESULTS_DIR, budget_by_name, regenerate_results_md, run_accuracy
+
+
+@dataclass
+class AccuracyArguments:
+    """Settings of the accuracy benchmark."""
+
+    budget: str = field(default="cpu", metadata={"help": "quick | cpu | full (see himtm_hf.benchmarking.BUDGETS)."})
+    datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather"])
+    horizons: list[int] = field(default_factory=lambda: [96, 192, 336, 720])
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    seeds: list[int] = field(default_factory=lambda: [2021])
+    context_length: int = 512
+    data_dir: str | None = field(default=None, metadata={"help": "Benchmark files (default: $HIMTM_DATA_DIR)."})
+    results_dir: str = field(default=str(RESULTS_DIR), metadata={"help": "Where the JSON records go."})
+    work_dir: str = field(default="outputs/benchmark", metadata={"help": "Checkpoints of the runs."})
+    max_test_windows: int | None = field(default=None, metadata={"help": "Override the budget's test cap."})
+
+
+def main(args: AccuracyArguments) -> None:
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"Unknown models {unknown}; choose from {list(MODELS)}.")
+    changes = {"max_test_windows": args.max_test_windows} if args.max_test_windows else {}
+    budget = budget_by_name(args.budget, **changes)
+    run_accuracy(args.datasets, args.horizons, args.models, budget, args.seeds, Path(args.work_dir),
+                 Path(args.results_dir), args.data_dir, args.context_length)
+    print(f"wrote {regenerate_results_md(Path(args.results_dir))}")
+
+
+if __name__ == "__main__":
+    (parsed,) = HfArgumentParser(AccuracyArguments).parse_args_into_dataclasses()
+    main(parsed)

@@ -1,0 +1,54 @@
+"""The benchmark scripts run end to end at the `quick` budget on a slice of real ETTh1 (so they cannot rot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_FIELDS = {"dataset", "prediction_length", "model", "mse", "mae", "budget", "seed", "finetune_epochs",
+                 "wall_time_s", "device", "git_commit", "command"}
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
+    results = tmp_path / "results"
+    _run("benchmark_accuracy.py", "--budget", "quick", "--datasets", "ETTh1", "--horizons", "96",
+         "--results_dir", str(results), "--work_dir", str(tmp_path / "work"))
+    records = [json.loads(p.read_text()) for p in (results / "accuracy").glob("*.json")]
+    assert sorted(r["model"] for r in records) == ["himtm", "patchtst_selfsupervised", "patchtst_supervised"]
+    for r in records:
+        assert RECORD_FIELDS <= r.keys()
+        assert r["dataset"] == "ETTh1" and r["prediction_length"] == 96 and r["budget"] == "quick"
+        assert 0 < r["mse"] < 10 and 0 < r["mae"] < 10
+        assert r["num_test_windows"] == 64  # the quick budget caps the test windows (and says so)
+    assert any(r.get("pretrain_final_train_loss") is not None for r in records)
+
+    _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "full", "no_hsd", "--seeds", "1",
+         "--results_dir", str(results), "--work_dir", str(tmp_path / "ablation"))
+    ablation = [json.loads(p.read_text()) for p in (results / "ablation").glob("*.json")]
+    assert sorted(r["variant"] for r in ablation) == ["full", "no_hsd"]
+
+    table = (tmp_path / "results.md").read_text()
+    assert "| ETTh1 | 96 |" in table and "| no_hsd |" in table
+    assert "benchmark_accuracy.py --budget quick" in table and "ablate.py --budget quick" in table
+
+
+def test_speed_quick_budget_writes_ratio_table(tmp_path):
+    result = _run("benchmark_speed.py", "--budget", "quick", "--output_dir", str(tmp_path))
+    (path,) = tmp_path.glob("cpu-quick-*.json")
+    data = json.loads(path.read_text())
+    assert {r["model"] for r in data["rows"]} == {"himtm_prediction", "patchtst_prediction", "himtm_pretraining",
+                                                   "patchtst_pretraining"}
+    assert all(r["train"]["windows_per_s"] > 0 and r["inference"]["windows_per_s"] > 0 for r in data["rows"])
+    assert len(data["summary"]["ratios"]) == 4 and "train throughput" in result.stdout
