@@ -231,6 +231,12 @@ def device_name() -> str:
 
 
 def git_commit() -> str:
+    """The project's commit (`-dirty` with uncommitted changes); `$HIMTM_GIT_COMMIT` where the tree has no `.git`
+    (e.g. a copy sent to a GPU machine)."""
+    import os
+
+    if os.environ.get("HIMTM_GIT_COMMIT"):
+        return os.environ["HIMTM_GIT_COMMIT"]
     proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            cwd=ROOT)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -431,6 +432,8 @@ def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
 
 
 def _git_commit() -> str | None:
+    if os.environ.get("HIMTM_GIT_COMMIT"):
+        return os.environ["HIMTM_GIT_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
