@@ -850,9 +850,9 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
             masked_idx = level_indices[i][1]
             # Place the predictions of the masked tokens on the full token grid; visible tokens keep the input,
             # so the loss below (masked elements only) cannot see them.
-            reconstruction = level_patches.scatter(
-                1, masked_idx.unsqueeze(-1).expand(-1, -1, per_token), self.reconstruction_heads[i](predicted[i])
-            )
+            predicted_patches = self.reconstruction_heads[i](predicted[i]).to(level_patches.dtype)  # autocast-safe
+            reconstruction = level_patches.scatter(1, masked_idx.unsqueeze(-1).expand(-1, -1, per_token),
+                                                   predicted_patches)
             rec_losses.append(
                 masked_reconstruction_loss(reconstruction, level_patches, level_masks[i], level_observed)
             )

@@ -1,0 +1,922 @@
+"""The Accelerate training loop, prediction and the run-folder helpers.
+
+One code path for CPU, one GPU, several GPUs and several CPU processes (`accelerate launch`). The loop works for any
+`PreTrainedModel` whose forward takes `past_values` (and, for forecasting, `future_values`) and returns `.loss`:
+HiMTM and `transformers.PatchTST*` alike. `update_teacher()` is called after each optimiser step when the model has
+it.
+
+Determinism (see `docs/training.md`): the torch RNG is re-seeded before every micro-batch from
+`(seed, optimiser step)`, so a run's masks and dropout do not depend on what ran before (resumed runs match
+uninterrupted ones). In pre-training the random masks additionally do not depend on how the global batch is split
+over processes and micro-batches: every process uses the same `(seed, step)` stream and takes the numbers of its own
+samples from it, so with the same global batch a 2-process run draws exactly the masks of a 1-process run. HiMTM gets
+them as `mask_noise` (generated on CPU: exact on any device); other models with a known mask draw (PatchTST) get the
+global RNG advanced past the samples in front of theirs (exact on CPU, where `torch.rand` is sequential).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, skip_first_batches
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+)
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, get_scheduler
+
+from .arguments import TrainArguments
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "LAYOUT_FILES",
+    "EpochShuffleSampler",
+    "JsonlLogger",
+    "TrainResult",
+    "TrainerState",
+    "cap_windows",
+    "find_checkpoint",
+    "iterate_forecasts",
+    "make_accelerator",
+    "mask_draws_per_sample",
+    "predict",
+    "prepare_output_dir",
+    "resolve_mixed_precision",
+    "seed_for_micro_batch",
+    "setup_logging",
+    "step_seed",
+    "train_model",
+    "write_run_args",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+LOG_FILE = "log.jsonl"
+RUN_ARGS_FILE = "run_args.json"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "forecast_plot.png"
+LAYOUT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "configuration_himtm.py",
+    "modeling_himtm.py",
+    "scaler.json",
+    RUN_ARGS_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    CHECKPOINTS_DIR,
+)
+"""Names a run writes in its output folder; `--overwrite_output_dir` removes exactly these (nothing else)."""
+
+_EVAL_STREAM = 1 << 40  # offset that separates the evaluation seeds from the training-step seeds
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Script logging: `himtm_hf` at `level` on the main process (WARNING elsewhere), accelerate's per-step chatter
+    (checkpoint file names) at WARNING."""
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("himtm_hf").setLevel(level if rank == 0 else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Accelerator, seeds
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _has_accelerator_device() -> bool:
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
+def resolve_mixed_precision(value: str, use_cpu: bool = False) -> str:
+    """`"auto"` -> `"bf16"` on a bf16-capable CUDA GPU (unless `use_cpu`), else `"no"`; other values unchanged."""
+    if value != "auto":
+        return value
+    forced_cpu = use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if not forced_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def make_accelerator(args: Any) -> Accelerator:
+    """An `Accelerator` for `args` (`TrainArguments` or anything with `mixed_precision` / `use_cpu`).
+
+    Processes launched by `accelerate launch` (or torchrun) on a machine without a GPU run as `MULTI_CPU` with gloo,
+    also when launched with `--multi_gpu`.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = bool(getattr(args, "use_cpu", False)) or (world_size > 1 and not _has_accelerator_device())
+    mixed_precision = resolve_mixed_precision(getattr(args, "mixed_precision", "auto"), use_cpu=cpu)
+    if not _has_accelerator_device() and mixed_precision == "fp16":
+        raise ValueError("--mixed_precision fp16 needs a GPU; use bf16 or no on CPU.")
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=bool(getattr(args, "ddp_find_unused_parameters", False)))]
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=cpu,
+        kwargs_handlers=handlers,
+        dataloader_config=DataLoaderConfiguration(split_batches=False, even_batches=True),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def step_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed derived from `seed` and integer keys (`numpy.random.SeedSequence`: stable across versions)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[int(k) for k in keys]]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def mask_draws_per_sample(model: torch.nn.Module) -> int | None:
+    """Uniform random numbers the model's pre-training forward draws per sample *before* anything else random.
+
+    HiMTM: `num_input_channels * num_masking_units` (`hierarchical_random_mask`); PatchTST with random masking:
+    `channels * num_patches` (`random_masking`). `None` for other models (then the masks are seeded per process
+    and do not reproduce across process counts).
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if getattr(config, "model_type", None) == "himtm" and hasattr(config, "num_masking_units"):
+        return int(config.num_input_channels) * int(config.num_masking_units)
+    if getattr(config, "model_type", None) == "patchtst" and getattr(config, "mask_type", "random") == "random":
+        patches = (max(config.context_length, config.patch_length) - config.patch_length) // config.patch_stride + 1
+        channels = 1 if getattr(config, "channel_consistent_masking", False) else int(config.num_input_channels)
+        return channels * patches
+    return None
+
+
+def _accepts_mask_noise(model: torch.nn.Module) -> bool:
+    """True if the model's forward takes a `mask_noise` tensor `(batch, channels, num_masking_units)`."""
+    try:
+        return "mask_noise" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def seed_for_micro_batch(
+    seed: int,
+    stream: int,
+    position: int,
+    batch_size: int,
+    draws_per_sample: int | None,
+    device: torch.device,
+    noise_shape: tuple[int, int] | None = None,
+) -> torch.Tensor | None:
+    """Seeds the torch RNG for one micro-batch and returns the mask noise for models that accept it.
+
+    Args:
+        seed: the run's seed.
+        stream: the optimiser step (training) or an evaluation batch key; all processes use the same value.
+        position: index of this micro-batch among the equal-sized micro-batches of the stream, in data order:
+            `micro_index * num_processes + process_index` (this is the order in which accelerate's sharding hands
+            out consecutive batches of the sampler).
+        batch_size: samples in this micro-batch.
+        draws_per_sample: see [`mask_draws_per_sample`]; `None` = seed per `(stream, position)` instead.
+        device: the device the model draws its masks on.
+        noise_shape: `(channels, num_masking_units)` when the model takes `mask_noise`; the noise is then generated
+            here (on CPU, device independent) and returned.
+
+    The same `(seed, stream)` stream is used by every process; a process skips `position * batch_size *
+    draws_per_sample` numbers before the model draws, so sample `i` of the global batch gets the same mask whatever
+    the number of processes, the per-device batch size or the gradient accumulation.
+    """
+    if draws_per_sample is None:
+        torch.manual_seed(step_seed(seed, stream, position))
+        return None
+    skip = position * batch_size * draws_per_sample
+    if noise_shape is not None:
+        generator = torch.Generator().manual_seed(step_seed(seed, stream))
+        if skip:
+            torch.rand(skip, generator=generator)
+        noise = torch.rand(batch_size, *noise_shape, generator=generator)
+        torch.manual_seed(step_seed(seed, stream, position))  # dropout etc.
+        return noise.to(device)
+    torch.manual_seed(step_seed(seed, stream))
+    if skip:
+        torch.rand(skip, device=device)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of `range(num_samples)` that depends only on `(seed, epoch)`.
+
+    Every process draws the same order (accelerate then hands out consecutive batches round-robin), and a resumed
+    run re-creates the order of the interrupted epoch exactly. `set_epoch` is called by the loop (and by accelerate's
+    `DataLoaderShard.set_epoch`).
+    """
+
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        generator = torch.Generator().manual_seed(step_seed(self.seed, 0xDA7A, self.epoch))
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def cap_windows(dataset: Dataset, max_windows: int | None) -> Dataset:
+    """At most `max_windows` items of `dataset`: an evenly strided subset including the first and last window."""
+    n = len(dataset)
+    if max_windows is None or max_windows >= n:
+        return dataset
+    indices = np.unique(np.linspace(0, n - 1, num=int(max_windows)).round().astype(np.int64)).tolist()
+    return Subset(dataset, indices)
+
+
+def _forward_keys(model: torch.nn.Module, is_pretraining: bool) -> set[str] | None:
+    """Batch keys the model's forward takes (`None` = it takes `**kwargs`, pass every known key)."""
+    wanted = {"past_values", "past_observed_mask"}
+    if not is_pretraining:
+        wanted |= {"future_values", "future_observed_mask"}
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return wanted
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return wanted
+    return {k for k in wanted if k in parameters}
+
+
+def _model_inputs(batch: dict[str, torch.Tensor], keys: set[str] | None) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if keys is None or k in keys}
+
+
+def _batch_size(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["past_values"].shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Run folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike[str],
+    overwrite_output_dir: bool = False,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+) -> Path:
+    """Checks and creates the run folder; call it on every process before anything writes there.
+
+    A non-empty folder is refused unless `overwrite_output_dir` (then the run files named in `LAYOUT_FILES` are
+    removed, nothing else) or `resume` (continue the run in it).
+
+    Raises:
+        FileExistsError: the folder exists, is not empty, and neither flag was given.
+    """
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"Output path {path} exists and is not a folder; choose another --output_dir.")
+    non_empty = path.is_dir() and any(path.iterdir())
+    if resume:
+        if not path.is_dir():
+            raise FileNotFoundError(f"Cannot resume: output directory {path} does not exist.")
+    elif non_empty and not overwrite_output_dir:
+        raise FileExistsError(
+            f"Output directory {path} already exists and is not empty. Pass --overwrite_output_dir to overwrite it "
+            "(its run files and checkpoints are deleted), --resume_from_checkpoint latest to continue the run in it, "
+            "or choose another --output_dir."
+        )
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # every process has checked before the main one changes anything
+    if accelerator is None or accelerator.is_main_process:
+        if non_empty and overwrite_output_dir and not resume:
+            for name in LAYOUT_FILES:
+                target = path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return path
+
+
+def find_checkpoint(output_dir: str | os.PathLike[str], value: str) -> Path:
+    """Resolves `--resume_from_checkpoint`: `"latest"` (highest `checkpoints/step-N`), a path, or a checkpoint name."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if value == "latest":
+        candidates = [p for p in root.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
+        if not candidates:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: no checkpoint in {root} (save them with --save_steps N)."
+            )
+        return max(candidates, key=lambda p: int(p.name.split("-")[1]))
+    for candidate in (Path(value), root / value):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"Checkpoint {value!r} not found (looked at {Path(value)} and {root / value}).")
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_run_args(output_dir: str | os.PathLike[str], accelerator: Accelerator | None = None, **sections: Any) -> Path:
+    """Writes `run_args.json`: every given section (dataclasses -> dicts), the command line and the environment."""
+    path = Path(output_dir) / RUN_ARGS_FILE
+    if accelerator is not None and not accelerator.is_main_process:
+        return path
+    import accelerate
+    import transformers
+
+    payload = {name: _jsonable(value) for name, value in sections.items()}
+    payload["command_line"] = [sys.executable, *sys.argv]
+    payload["environment"] = {
+        "num_processes": accelerator.num_processes if accelerator is not None else 1,
+        "distributed_type": str(accelerator.distributed_type) if accelerator is not None else "NO",
+        "mixed_precision": accelerator.mixed_precision if accelerator is not None else "no",
+        "device": str(accelerator.device) if accelerator is not None else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def count_log_lines(output_dir: str | os.PathLike[str]) -> int:
+    """Events in `<output_dir>/log.jsonl` (0 if there is none)."""
+    path = Path(output_dir) / LOG_FILE
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+class JsonlLogger:
+    """Appends one JSON object per event to `<output_dir>/log.jsonl` (main process) and keeps them in `history`."""
+
+    def __init__(self, output_dir: str | os.PathLike[str] | None, enabled: bool = True):
+        self.path = Path(output_dir) / LOG_FILE if output_dir is not None else None
+        self.enabled = enabled
+        self.history: list[dict[str, Any]] = []
+        self.lines = 0  # events written to the file so far (counted on every process)
+
+    def truncate(self, num_lines: int) -> None:
+        """Keeps the first `num_lines` events of the file (a resumed run re-creates the ones after its checkpoint)."""
+        self.lines = int(num_lines)
+        if not self.enabled or self.path is None or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()][: self.lines]
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def log(self, **record: Any) -> dict[str, Any]:
+        record = {k: _jsonable(v) for k, v in record.items()}
+        self.history.append(record)
+        self.lines += 1
+        if self.enabled and self.path is not None:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return record
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Trainer state
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerState:
+    """Loop state saved in every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+
+    global_step: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    last_eval_step: int | None = None
+    should_stop: bool = False
+    log_lines: int = 0
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "last_eval_step": self.last_eval_step,
+            "should_stop": self.should_stop,
+            "log_lines": self.log_lines,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class TrainResult:
+    """What [`train_model`] returns."""
+
+    model: PreTrainedModel
+    """The unwrapped model, with the best validation weights restored (the last weights if there was no validation)."""
+    global_step: int
+    epochs: float
+    best_val_loss: float | None
+    best_step: int | None
+    stopped_early: bool
+    wall_time_s: float
+    history: list[dict[str, Any]]
+    accelerator: Accelerator
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation inside the loop
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _shard_batches(num_samples: int, batch_size: int, process_index: int, num_processes: int) -> list[tuple[int, list[int]]]:
+    """`(batch_index, sample_indices)` of the consecutive batches of size `batch_size` that this process evaluates:
+    batch `j` goes to process `j % num_processes`. No padding, so every window counts exactly once."""
+    batches = []
+    for j, begin in enumerate(range(0, num_samples, batch_size)):
+        if j % num_processes == process_index:
+            batches.append((j, list(range(begin, min(num_samples, begin + batch_size)))))
+    return batches
+
+
+@torch.no_grad()
+def _validation_losses(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    accelerator: Accelerator,
+    is_pretraining: bool,
+    keys: set[str] | None,
+    seed: int,
+    draws_per_sample: int | None,
+    noise_shape: tuple[int, int] | None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Validation loss over every window of `dataset`, on the unwrapped model.
+
+    The windows are cut into consecutive batches of `batch_size`; batch `j` is evaluated by process
+    `j % num_processes` with its masks seeded by `(seed, eval stream + j)`, and the sums are all-reduced, so the
+    value does not depend on the number of processes (for a fixed `batch_size`) and is the same at every validation
+    for the same weights. Forecasting: MSE of `prediction_outputs` against `future_values` over observed values (the
+    standardised MSE that is reported). Pre-training: the model's loss (and its parts) averaged over windows.
+    """
+    was_training = model.training
+    model.eval()
+    shards = _shard_batches(len(dataset), batch_size, accelerator.process_index, accelerator.num_processes)
+    loader = DataLoader(dataset, batch_sampler=[indices for _, indices in shards], num_workers=num_workers,
+                        collate_fn=collate_fn)
+    names = ["loss", "reconstruction_loss", "distillation_loss"] if is_pretraining else ["loss"]
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=accelerator.device)  # + count
+    present = set()
+    for (index, _), batch in zip(shards, loader):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        size = _batch_size(batch)
+        inputs = _model_inputs(batch, keys)
+        noise = seed_for_micro_batch(
+            seed, _EVAL_STREAM + index, 0, size, draws_per_sample if is_pretraining else None,
+            accelerator.device, noise_shape if is_pretraining else None,
+        )
+        if noise is not None:
+            inputs["mask_noise"] = noise
+        with accelerator.autocast():
+            outputs = model(**inputs)
+        if is_pretraining:
+            for i, name in enumerate(names):
+                value = getattr(outputs, name, None)
+                if value is not None:
+                    present.add(name)
+                    sums[i] += value.detach().double() * size
+            sums[-1] += size
+        else:
+            prediction = outputs.prediction_outputs.double()
+            target = batch["future_values"].double()
+            mask = batch.get("future_observed_mask")
+            mask = torch.ones_like(target) if mask is None else mask.double()
+            sums[0] += ((prediction - target) ** 2 * mask).sum()
+            sums[-1] += mask.sum()
+            present.add("loss")
+    model.train(was_training)
+    sums = accelerator.reduce(sums, reduction="sum") if accelerator.num_processes > 1 else sums
+    count = float(sums[-1])
+    if count == 0:
+        return {}
+    return {name: float(sums[i]) / count for i, name in enumerate(names) if name in present or name == "loss"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or name.endswith(".bias") else decay).append(parameter)
+    if not decay and not no_decay:
+        raise ValueError("The model has no trainable parameter.")
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train_model(
+    model: PreTrainedModel,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    train_args: TrainArguments,
+    accelerator: Accelerator | None = None,
+    is_pretraining: bool = False,
+    prepare_output: bool = True,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> TrainResult:
+    """Trains `model` with AdamW + warm-up/decay, gradient accumulation and clipping, early stopping on the
+    validation loss, best-weights restore and resumable accelerate checkpoints.
+
+    Works for HiMTM and for other forecasters/pre-trainers with the same forward conventions (e.g.
+    `PatchTSTForPrediction`, `PatchTSTForPretraining`): batches are dicts from `himtm_hf.data` datasets; only the
+    keys the forward accepts are passed (for pre-training only `past_values`/`past_observed_mask`).
+
+    Args:
+        model: the model to train (not yet prepared).
+        train_dataset, val_dataset: window datasets; `train_args.max_train_windows` / `max_eval_windows` cap them
+            (evenly strided). `val_dataset=None` or empty: no validation, no early stopping.
+        train_args: [`TrainArguments`]. Writes `log.jsonl` and `checkpoints/` under `train_args.output_dir`.
+        accelerator: an `Accelerator` (default: [`make_accelerator`]); must have `gradient_accumulation_steps=1`
+            (accumulation is `train_args.gradient_accumulation_steps`). Its references to the objects prepared here
+            are released at the end.
+        is_pretraining: self-supervised (validation loss = model loss) instead of forecasting (validation loss =
+            standardised MSE of `prediction_outputs`).
+        prepare_output: check/create the output folder here ([`prepare_output_dir`]); pass False if done already.
+        collate_fn: DataLoader collate function (default: torch's default collate).
+
+    Returns:
+        [`TrainResult`]; `result.model` is unwrapped and holds the best validation weights.
+    """
+    start_time = time.time()
+    accelerator = accelerator or make_accelerator(train_args)
+    if accelerator.gradient_accumulation_steps != 1:
+        raise ValueError(
+            "Pass an Accelerator with gradient_accumulation_steps=1; use train_args.gradient_accumulation_steps."
+        )
+    output_dir = Path(train_args.output_dir)
+    resume = train_args.resume_from_checkpoint
+    if prepare_output:
+        prepare_output_dir(output_dir, train_args.overwrite_output_dir, bool(resume), accelerator)
+    checkpoint = find_checkpoint(output_dir, resume) if resume else None
+
+    seed = int(train_args.seed)
+    accumulation = int(train_args.gradient_accumulation_steps)
+    train_subset = cap_windows(train_dataset, train_args.max_train_windows)
+    val_subset = cap_windows(val_dataset, train_args.max_eval_windows) if val_dataset is not None else None
+    if val_subset is not None and len(val_subset) == 0:
+        val_subset = None
+
+    sampler = EpochShuffleSampler(len(train_subset), seed)
+    train_loader = DataLoader(
+        train_subset, batch_size=train_args.per_device_train_batch_size, sampler=sampler, drop_last=True,
+        num_workers=train_args.num_workers, collate_fn=collate_fn,
+    )
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, train_args.weight_decay), lr=train_args.learning_rate,
+        betas=(train_args.adam_beta1, train_args.adam_beta2), eps=train_args.adam_epsilon,
+    )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    unwrapped = accelerator.unwrap_model(model)
+
+    micro_per_epoch = len(train_loader)
+    if micro_per_epoch == 0:
+        raise ValueError(
+            f"No full training batch: {len(train_subset)} training windows < per_device_train_batch_size "
+            f"({train_args.per_device_train_batch_size}) x processes ({accelerator.num_processes}). Use a smaller "
+            "batch, more windows (--max_train_windows) or a shorter context/prediction length."
+        )
+    steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
+    if train_args.max_steps > 0:
+        total_steps = int(train_args.max_steps)
+    else:
+        total_steps = max(1, math.ceil(steps_per_epoch * train_args.num_train_epochs))
+    warmup = train_args.warmup_steps if train_args.warmup_steps > 0 else math.ceil(train_args.warmup_ratio * total_steps)
+    scheduler = get_scheduler(
+        train_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+    )
+    state = TrainerState()
+    registered = [scheduler, state]
+    accelerator.register_for_checkpointing(*registered)
+
+    keys = _forward_keys(unwrapped, is_pretraining)
+    draws = mask_draws_per_sample(unwrapped) if is_pretraining else None
+    noise_shape = None
+    if is_pretraining and draws is not None and _accepts_mask_noise(unwrapped):
+        noise_shape = (int(unwrapped.config.num_input_channels), int(unwrapped.config.num_masking_units))
+    run_logger = JsonlLogger(output_dir, enabled=accelerator.is_main_process)
+    if checkpoint is None:
+        run_logger.lines = count_log_lines(output_dir)
+    else:
+        accelerator.load_state(str(checkpoint))
+        run_logger.truncate(state.log_lines)
+        logger.info("Resumed from %s at step %d", checkpoint, state.global_step)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    stop_at = total_steps if train_args.stop_after_steps <= 0 else min(total_steps, int(train_args.stop_after_steps))
+    step = state.global_step
+    epoch = step // steps_per_epoch
+    start_micro = (step % steps_per_epoch) * accumulation
+    show = accelerator.is_local_main_process and not train_args.disable_tqdm
+    progress = tqdm(total=stop_at, initial=min(step, stop_at), disable=not show, dynamic_ncols=True,
+                    desc="pretrain" if is_pretraining else "train")
+    window: dict[str, torch.Tensor] = {}
+    window_micro = 0
+    window_grad_norm: list[float] = []
+
+    def evaluate_now() -> None:
+        if val_subset is None:
+            return
+        losses = _validation_losses(unwrapped, val_subset, train_args.per_device_eval_batch_size, accelerator,
+                                    is_pretraining, keys, seed, draws, noise_shape, collate_fn, train_args.num_workers)
+        if not losses:
+            return
+        val_loss = losses["loss"]
+        improved = state.best_val_loss is None or val_loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_step = val_loss, step
+            state.best_state = _cpu_state(unwrapped)
+            state.evals_without_improvement = 0
+        else:
+            state.evals_without_improvement += 1
+        state.last_eval_step = step
+        patience = train_args.early_stopping_patience
+        if patience > 0 and state.evals_without_improvement >= patience:
+            state.should_stop = True
+        run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="val",
+                       **{k: float(v) for k, v in losses.items()}, best=improved, best_val_loss=state.best_val_loss)
+        if show:
+            progress.set_postfix(val_loss=f"{val_loss:.4f}")
+
+    def save_checkpoint() -> None:
+        path = output_dir / CHECKPOINTS_DIR / f"step-{step}"
+        state.log_lines = run_logger.lines
+        accelerator.save_state(str(path))
+        limit = train_args.save_total_limit
+        if accelerator.is_main_process and limit is not None and limit > 0:
+            existing = sorted(
+                (p for p in (output_dir / CHECKPOINTS_DIR).glob("step-*") if re.fullmatch(r"step-\d+", p.name)),
+                key=lambda p: int(p.name.split("-")[1]),
+            )
+            for old in existing[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        while step < stop_at and not state.should_stop:
+            sampler.set_epoch(epoch)
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            loader = skip_first_batches(train_loader, start_micro) if start_micro else train_loader
+            micro_index = start_micro
+            for batch in loader:
+                micro_in_step = micro_index % accumulation
+                group_start = micro_index - micro_in_step
+                group_size = min(accumulation, micro_per_epoch - group_start)
+                last_micro = micro_in_step == group_size - 1
+                size = _batch_size(batch)
+                inputs = _model_inputs(batch, keys)
+                noise = seed_for_micro_batch(
+                    seed, step, micro_in_step * accelerator.num_processes + accelerator.process_index, size,
+                    draws, accelerator.device, noise_shape,
+                )
+                if noise is not None:
+                    inputs["mask_noise"] = noise
+                sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(model)
+                with sync:
+                    outputs = model(**inputs)
+                    loss = outputs.loss
+                    if loss is None:
+                        raise ValueError("The model returned no loss; check that the batch has the targets it needs.")
+                    accelerator.backward(loss / group_size)
+                values = {"loss": loss.detach().float()}
+                for name in ("reconstruction_loss", "distillation_loss"):
+                    extra = getattr(outputs, name, None)
+                    if extra is not None:
+                        values[name] = extra.detach().float()
+                for k, v in values.items():
+                    window[k] = window.get(k, torch.zeros((), device=v.device)) + v
+                window_micro += 1
+                micro_index += 1
+                if not last_micro:
+                    continue
+
+                if train_args.max_grad_norm and train_args.max_grad_norm > 0:
+                    norm = accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
+                    if norm is not None:
+                        window_grad_norm.append(float(norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if hasattr(unwrapped, "update_teacher"):
+                    unwrapped.update_teacher()
+                step += 1
+                state.global_step = step
+                progress.update(1)
+
+                will_save = (train_args.save_steps > 0 and (step % train_args.save_steps == 0 or step == stop_at)) or (
+                    step == stop_at and stop_at < total_steps  # an early end (stop_after_steps) must be resumable
+                )
+                if step % train_args.logging_steps == 0 or step == stop_at or will_save:
+                    # Also at checkpoints, so that no partially averaged window is lost by a resume.
+                    reduced = accelerator.reduce(
+                        torch.stack([window[k] for k in sorted(window)]) / max(window_micro, 1), reduction="mean"
+                    )
+                    record = {k: float(v) for k, v in zip(sorted(window), reduced.tolist())}
+                    if window_grad_norm:
+                        record["grad_norm"] = float(np.mean(window_grad_norm))
+                    run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="train",
+                                   lr=float(scheduler.get_last_lr()[0]), **record)
+                    if show:
+                        progress.set_postfix(loss=f"{record['loss']:.4f}")
+                    window, window_micro, window_grad_norm = {}, 0, []
+
+                end_of_epoch = micro_index == micro_per_epoch
+                if train_args.eval_every_steps > 0:
+                    if step % train_args.eval_every_steps == 0:
+                        evaluate_now()
+                elif end_of_epoch:
+                    evaluate_now()
+                if will_save:
+                    save_checkpoint()
+                if step >= stop_at or state.should_stop:
+                    break
+            else:
+                epoch += 1
+                start_micro = 0
+                continue
+            # Broke out of the epoch (stop): leave the while loop.
+            break
+    finally:
+        progress.close()
+
+    if val_subset is not None and state.last_eval_step != step and step > 0:
+        evaluate_now()
+    if state.best_state is not None:
+        unwrapped.load_state_dict(state.best_state)
+        run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="best", best_step=state.best_step,
+                       best_val_loss=state.best_val_loss)
+    accelerator.wait_for_everyone()
+    history = run_logger.history
+    result = TrainResult(
+        model=unwrapped,
+        global_step=step,
+        epochs=round(step / steps_per_epoch, 4),
+        best_val_loss=state.best_val_loss,
+        best_step=state.best_step,
+        stopped_early=bool(state.should_stop),
+        wall_time_s=time.time() - start_time,
+        history=history,
+        accelerator=accelerator,
+    )
+    # Release what was prepared/registered here so that the accelerator can be reused.
+    for obj in registered:
+        if obj in accelerator._custom_objects:
+            accelerator._custom_objects.remove(obj)
+    accelerator.free_memory()
+    unwrapped.eval()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prediction
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def iterate_forecasts(
+    model: PreTrainedModel,
+    dataset: Dataset,
+    batch_size: int = 128,
+    accelerator: Accelerator | None = None,
+    num_workers: int = 0,
+    max_windows: int | None = None,
+    desc: str | None = None,
+    disable_tqdm: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields `{"predictions", "targets", "observed_mask"}` float32 CPU tensors `(batch, H, C)` batch by batch,
+    gathered over processes (padding duplicates dropped), in dataset order, for every window of `dataset` (or an
+    evenly strided `max_windows` subset). Predictions are `.prediction_outputs` (the dataset's units: standardised
+    for `himtm_hf.data` splits)."""
+    subset = cap_windows(dataset, max_windows)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+        device = accelerator.device
+        model.to(device)
+        autocast = accelerator.autocast
+        show = accelerator.is_local_main_process and not disable_tqdm
+    else:
+        device = next(model.parameters()).device
+        autocast = contextlib.nullcontext
+        show = not disable_tqdm
+    keys = _forward_keys(model, is_pretraining=True)  # inputs only: no targets, no loss
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=False):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast():
+                outputs = model(**_model_inputs(batch, keys))
+            target = batch["future_values"].float()
+            mask = batch.get("future_observed_mask")
+            item = {
+                "predictions": outputs.prediction_outputs.float(),
+                "targets": target,
+                "observed_mask": torch.ones_like(target) if mask is None else mask.float(),
+            }
+            if accelerator is not None:
+                item = accelerator.gather_for_metrics(item)
+            yield {k: v.cpu() for k, v in item.items()}
+    finally:
+        model.train(was_training)
+
+
+def predict(
+    model: PreTrainedModel,
+    dataset: Dataset,
+    batch_size: int = 128,
+    accelerator: Accelerator | None = None,
+    num_workers: int = 0,
+    max_windows: int | None = None,
+    disable_tqdm: bool = False,
+) -> dict[str, np.ndarray]:
+    """Forecasts every window of `dataset` (or an evenly strided `max_windows` subset).
+
+    Args:
+        model: a forecaster returning `.prediction_outputs` `(batch, H, C)` (HiMTM, PatchTST, ...).
+        dataset: a window dataset (items with `past_values`, `future_values`, optional masks).
+        accelerator: shard the windows over processes and gather (every process gets all results); `None`: run on
+            the model's device in this process.
+
+    Returns:
+        `{"predictions", "targets", "observed_mask"}` float32 arrays of shape `(windows, H, C)`, in the dataset's
+        (standardised) units and order.
+    """
+    parts: dict[str, list[torch.Tensor]] = {"predictions": [], "targets": [], "observed_mask": []}
+    for item in iterate_forecasts(model, dataset, batch_size, accelerator, num_workers, max_windows,
+                                  desc="predict", disable_tqdm=disable_tqdm):
+        for k in parts:
+            parts[k].append(item[k])
+    return {k: torch.cat(v).numpy() if v else np.zeros((0,), dtype=np.float32) for k, v in parts.items()}
