@@ -103,8 +103,9 @@ class HiMTMForPredictionOutput(ModelOutput):
     Output of [`HiMTMForPrediction`].
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): MSE in scaled space over observed future values,
-            returned when `future_values` is given.
+        loss (`torch.FloatTensor` of shape `()`, *optional*): MSE over observed future values, in the units of
+            `future_values` (`config.prediction_loss_space="input"`, default) or in the per-instance scaled space
+            (`"instance"`); returned when `future_values` is given.
         prediction_outputs (`torch.FloatTensor` of shape `(batch_size, prediction_length, num_channels)`):
             forecasts in the input's original units.
         hierarchy_features (`tuple(torch.FloatTensor)`): encoder features per hierarchy (see [`HiMTMModelOutput`]).
@@ -987,7 +988,8 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
                 The look-back window, in original units.
             past_observed_mask (`torch.Tensor` of the same shape, *optional*): 1 = observed, 0 = missing.
             future_values (`torch.FloatTensor` of shape `(batch_size, prediction_length, num_input_channels)`,
-                *optional*): targets; when given, `loss` is the MSE in the model's scaled space.
+                *optional*): targets; when given, `loss` is the MSE in their units (or in the per-instance scaled
+                space with `config.prediction_loss_space="instance"`).
             future_observed_mask (`torch.Tensor` of the same shape as `future_values`, *optional*): 1 = observed;
                 missing targets are left out of the loss.
             output_hidden_states (`bool`, *optional*): return every encoder block's output.
@@ -1019,8 +1021,11 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
                 "future_values", future_values, future_observed_mask, "future_observed_mask",
                 config.prediction_length, config.num_input_channels, "prediction_length",
             )
-            scaled_target = (target - loc) / scale
-            loss = ((forecast - scaled_target) ** 2 * target_observed).sum() / target_observed.sum().clamp_min(1.0)
+            if config.prediction_loss_space == "instance":
+                error = forecast - (target - loc) / scale
+            else:  # "input": de-normalised forecast vs target, robust to near-constant look-backs
+                error = prediction - target
+            loss = (error**2 * target_observed).sum() / target_observed.sum().clamp_min(1.0)
 
         if hidden_states is not None:
             hidden_states = tuple(h.view(batch, channels, h.shape[1], h.shape[2]) for h in hidden_states)

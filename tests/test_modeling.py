@@ -320,21 +320,38 @@ def test_forecasts_are_scale_equivariant_with_std_scaling(a, b):
     torch.testing.assert_close(shifted, base * a + b, rtol=1e-4, atol=1e-4 * a)
 
 
-def test_loss_is_in_scaled_space_and_masked():
+def test_prediction_loss_spaces_and_masking():
     cfg = tiny_config()
     model = HiMTMForPrediction(cfg).eval()
     x = batch(2, cfg)
     y = torch.randn(2, 8, 3)
     with torch.no_grad():
         out = model(x, future_values=y)
-        expected = (((out.prediction_outputs - y) / out.scale) ** 2).mean()
-        torch.testing.assert_close(out.loss, expected)
-        big = model(x * 1000, future_values=y * 1000).loss
-        torch.testing.assert_close(big, out.loss, rtol=1e-3, atol=1e-4)  # loss does not grow with the units
+        # default "input": the de-normalised forecast against the target, in the target's units
+        torch.testing.assert_close(out.loss, ((out.prediction_outputs - y) ** 2).mean())
         mask = torch.ones_like(y)
         mask[:, :4] = 0
         partial = model(x, future_values=y, future_observed_mask=mask).loss
-        torch.testing.assert_close(partial, (((out.prediction_outputs - y) / out.scale) ** 2)[:, 4:].mean())
+        torch.testing.assert_close(partial, ((out.prediction_outputs - y) ** 2)[:, 4:].mean())
+        # "instance": per-instance scaled space, invariant to the input's units
+        model.config.prediction_loss_space = "instance"
+        scaled = model(x, future_values=y).loss
+        torch.testing.assert_close(scaled, (((out.prediction_outputs - y) / out.scale) ** 2).mean())
+        big = model(x * 1000, future_values=y * 1000).loss
+        torch.testing.assert_close(big, scaled, rtol=1e-3, atol=1e-4)
+
+
+def test_input_space_loss_stays_bounded_on_a_flat_look_back():
+    """A constant look-back makes the per-instance scale hit its floor; the scaled-space loss then explodes
+    (what broke fine-tuning on ETTh2), the default input-space loss does not."""
+    cfg = tiny_config()
+    model = HiMTMForPrediction(cfg).eval()
+    flat = torch.full((2, 64, 3), 0.5)
+    y = flat[:, :8] + 1.0
+    with torch.no_grad():
+        assert model(flat, future_values=y).loss < 10
+        model.config.prediction_loss_space = "instance"
+        assert model(flat, future_values=y).loss > 1e6
 
 
 def test_missing_values_with_observed_mask_are_ignored():
@@ -398,6 +415,7 @@ def test_bad_masks_and_targets_raise():
         ({"mask_ratio": 1.0}, "mask_ratio"),
         ({"teacher_type": "momentum"}, "teacher_type"),
         ({"scaling": "minmax"}, "scaling"),
+        ({"prediction_loss_space": "scaled"}, "prediction_loss_space"),
         ({"num_hierarchies": 5}, "coarsest hierarchy would hold 1"),
         ({"patch_length": 128, "patch_stride": 128}, "longer than `context_length`"),
         ({"use_hsd": False, "reconstruction_loss_weight": 0.0}, "no loss"),
