@@ -386,6 +386,9 @@ def regenerate_results_md(results_dir: Path = RESULTS_DIR, output: Path | None =
              "`docs/results/`; do not edit by hand. Every table names the command, budget, device and commit that "
              "produced its numbers. MSE/MAE are on the standardised test split (train-split statistics), every test "
              "window unless the budget says otherwise (`quick` caps them).", ""]
+    notes = results_dir / "NOTES.md"
+    if notes.is_file():  # hand-written reading of the numbers: what was seen, why, what changed since
+        lines += [notes.read_text().strip(), ""]
     lines += _accuracy_section(_load_records(results_dir, "accuracy"))
     lines += _ablation_section(_load_records(results_dir, "ablation"))
     lines += _transfer_section(_load_records(results_dir, "transfer"))
@@ -488,19 +491,24 @@ def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
     lines = ["## Transfer (pre-train on the source, fine-tune / linear-probe on the target)", ""]
     if not records:
         return lines + ["No transfer records yet.", ""]
-    lines += ["| source -> target | H | model | protocol | fraction | MSE | MAE | test windows | budget | device | "
-              "command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(str(r.get("budget")), str(r.get("device")), str(r.get("git_commit")), str(r.get("command")))].append(r)
+    for (budget, device, commit, command), rows in sorted(groups.items()):
+        lines += [f"### Budget `{budget}` on {device}, commit {commit}", "", f"Command: `{command}`.", "",
+                  "| source -> target | H | model | protocol | fraction of target train windows | MSE | MAE | "
+                  "test windows |", "|---|---|---|---|---|---|---|---|"]
 
-    def key(r: dict[str, Any]) -> tuple:
-        return (str(r.get("budget")), str(r.get("source_dataset")), str(r.get("target_dataset")), str(r.get("model")),
-                str(r.get("protocol")), float(r.get("fraction") or 0))
+        def key(r: dict[str, Any]) -> tuple:
+            return (str(r.get("source_dataset")), str(r.get("target_dataset")), str(r.get("protocol")),
+                    float(r.get("fraction") or 0), str(r.get("model")))
 
-    for r in sorted(records, key=key):
-        lines.append(f"| {r.get('source_dataset')} -> {r.get('target_dataset')} | {r.get('prediction_length')} | "
-                     f"{r.get('model')} | {r.get('protocol')} | {r.get('fraction')} | {_fmt(r.get('mse'))} | "
-                     f"{_fmt(r.get('mae'))} | {r.get('test_windows')} | {r.get('budget')} | {r.get('device')} | "
-                     f"`{r.get('command')}` |")
-    return lines + [""]
+        for r in sorted(rows, key=key):
+            lines.append(f"| {r.get('source_dataset')} -> {r.get('target_dataset')} | {r.get('prediction_length')} | "
+                         f"{r.get('model')} | {r.get('protocol')} | {r.get('fraction')} | {_fmt(r.get('mse'))} | "
+                         f"{_fmt(r.get('mae'))} | {r.get('test_windows')} |")
+        lines.append("")
+    return lines
 
 
 def _speed_section(folder: Path) -> list[str]:
