@@ -12,6 +12,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+# `python scripts/evaluate.py` puts scripts/ first on sys.path, where this file would shadow the `evaluate` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from himtm_hf.training import (  # noqa: E402
