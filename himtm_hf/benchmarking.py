@@ -237,9 +237,13 @@ def git_commit() -> str:
 
     if os.environ.get("HIMTM_GIT_COMMIT"):
         return os.environ["HIMTM_GIT_COMMIT"]
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=ROOT)
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=ROOT, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
     commit = proc.stdout.strip() or "unknown"
     return commit + ("-dirty" if dirty.stdout.strip() else "")
 

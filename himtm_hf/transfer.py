@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import subprocess
 import sys
 import types
 from collections.abc import Sequence
@@ -431,19 +429,6 @@ def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _git_commit() -> str | None:
-    if os.environ.get("HIMTM_GIT_COMMIT"):
-        return os.environ["HIMTM_GIT_COMMIT"]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _device_description(use_cpu: bool) -> str:
     if torch.cuda.is_available() and not use_cpu:
         return f"cuda:{torch.cuda.get_device_name(0)}"
@@ -465,7 +450,9 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
     results_dir = Path(args.results_dir) / budget.name
     work_dir = Path(args.work_dir) / budget.name
     command = command or " ".join([Path(sys.executable).name, *sys.argv])
-    commit = _git_commit()
+    from .benchmarking import git_commit
+
+    commit = git_commit()
     device = _device_description(args.use_cpu)
     train_windows: dict[str, tuple[str, int, int]] = {}
     pretrained: dict[tuple[str, str], dict[str, Any]] = {}
