@@ -34,10 +34,12 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
         assert r["num_test_windows"] == 64  # the quick budget caps the test windows (and says so)
     assert any(r.get("pretrain_final_train_loss") is not None for r in records)
 
-    _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "full", "no_hsd", "--seeds", "1",
-         "--results_dir", str(results), "--work_dir", str(tmp_path / "ablation"))
+    _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "full", "no_hsd", "no_pretrain",
+         "--seeds", "1", "--results_dir", str(results), "--work_dir", str(tmp_path / "ablation"))
     ablation = [json.loads(p.read_text()) for p in (results / "ablation").glob("*.json")]
-    assert sorted(r["variant"] for r in ablation) == ["full", "no_hsd"]
+    assert sorted(r["variant"] for r in ablation) == ["full", "no_hsd", "no_pretrain"]
+    steps = {r["variant"]: r["pretrain_steps"] for r in ablation}
+    assert steps["no_pretrain"] == 0 and steps["full"] > 0  # the diagnostic variant really skips pre-training
 
     table = (tmp_path / "results.md").read_text()
     assert "| ETTh1 | 96 |" in table and "| no_hsd |" in table
