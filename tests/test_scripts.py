@@ -144,3 +144,18 @@ def test_evaluate_script_on_saved_model(tmp_path):
     result = _run([sys.executable, str(SCRIPTS / "evaluate.py"), "--model_dir", str(model_dir), "--dataset", "ETTh1",
                    "--prediction_length", "96", "--output_dir", str(tmp_path / "eval2")], expect_ok=False)
     assert result.returncode != 0 and "prediction_length=8, not 96" in result.stderr
+
+
+def test_profile_step_reports_attention_share(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "profile_step.py"), "--context_length", "128", "--batch_size", "2",
+         "--d_model", "16", "--num_heads", "2", "--ffn_dim", "32", "--rows", "5", "--model", "pretraining"],
+        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scaled_dot_product" in result.stdout  # the table lists the attention kernels by name
+    share = float(result.stdout.split("attention (scaled_dot_product_attention, forward + backward): ")[1].split("%")[0])
+    assert 0.0 < share < 100.0
+    bad = subprocess.run([sys.executable, str(SCRIPTS / "profile_step.py"), "--model", "classifier"],
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
+    assert bad.returncode != 0 and "--model must be 'prediction' or 'pretraining'" in bad.stderr
