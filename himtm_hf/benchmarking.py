@@ -336,10 +336,13 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "mask_0.7": {"mask_ratio": 0.7},
     "teacher_ema": {"teacher_type": "ema"},
     "teacher_full_input": {"teacher_input": "full"},
-    # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, and no
-    # pre-training at all (the same architecture trained on the forecasting loss only).
+    # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, no
+    # pre-training at all (the same architecture trained on the forecasting loss only), and the width of the
+    # large-dataset configuration (PatchTST's self-supervised model is 128 wide on every dataset).
     "patch_8": {"patch_length": 8, "patch_stride": 8},
     "no_pretrain": {},
+    "width_128": {"d_model": 128, "num_attention_heads": 16, "decoder_num_attention_heads": 16,
+                  "csa_num_attention_heads": 16, "ffn_dim": 256},
 }
 # Variants fine-tuned from a random initialisation instead of their own pre-training.
 NO_PRETRAIN_VARIANTS = {"no_pretrain"}
