@@ -286,8 +286,15 @@ def base_record(dataset: str, budget: Budget, seed: int, context_length: int) ->
 
 def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], budget: Budget, seeds: list[int],
                  work_dir: Path, results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
-                 context_length: int = 512) -> list[dict[str, Any]]:
-    """One pre-training per (dataset, self-supervised model, seed), one fine-tune per horizon; a record per run."""
+                 context_length: int = 512, himtm_variant: str = "full") -> list[dict[str, Any]]:
+    """One pre-training per (dataset, self-supervised model, seed), one fine-tune per horizon; a record per run.
+
+    `himtm_variant` (a key of `ABLATION_VARIANTS`) runs HiMTM with that variant's overrides; its records carry
+    `variant` and sit beside the default model's in the tables as `himtm@<variant>`."""
+    if himtm_variant not in ABLATION_VARIANTS:
+        raise ValueError(f"Unknown HiMTM variant {himtm_variant!r}; choose from {list(ABLATION_VARIANTS)}.")
+    overrides = ABLATION_VARIANTS[himtm_variant]
+    variant_fields = {} if himtm_variant == "full" else {"variant": himtm_variant, "overrides": overrides}
     records = []
     for dataset in datasets:
         for seed in seeds:
@@ -295,23 +302,34 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
                                       prediction_length=min(horizons))
             pretrained: dict[str, tuple[Path, dict[str, Any]]] = {}
             for model_name in models:
-                if model_name in ("himtm", "patchtst_selfsupervised"):
-                    pretrained[model_name] = pretrain_model(model_name, base_splits, budget, seed,
-                                                            work_dir / base_splits.name / f"seed{seed}")
+                if model_name == "himtm" and himtm_variant in NO_PRETRAIN_VARIANTS:
+                    pretrained[model_name] = (None, {"pretrain_steps": 0})
+                elif model_name in ("himtm", "patchtst_selfsupervised"):
+                    pretrained[model_name] = pretrain_model(
+                        model_name, base_splits, budget, seed, work_dir / base_splits.name / f"seed{seed}" /
+                        himtm_variant, overrides if model_name == "himtm" else None)
             for horizon in horizons:
                 splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                      prediction_length=horizon)
                 for model_name in models:
                     start = time.time()
                     ckpt, pre_summary = pretrained.get(model_name, (None, {}))
+                    is_himtm = model_name == "himtm"
+                    if is_himtm and ckpt is not None:  # pre-training-only fields travel in the saved config
+                        finetune_overrides = {k: v for k, v in overrides.items() if k == "use_csa"}
+                    else:
+                        finetune_overrides = overrides if is_himtm else None
                     metrics = finetune_model(model_name, splits, budget, seed,
-                                             work_dir / splits.name / f"seed{seed}", ckpt)
+                                             work_dir / splits.name / f"seed{seed}" / himtm_variant, ckpt,
+                                             finetune_overrides)
                     record = {**base_record(splits.name, budget, seed, context_length), "model": model_name,
-                              "prediction_length": horizon, **pre_summary, **metrics,
+                              **(variant_fields if is_himtm else {}), "prediction_length": horizon, **pre_summary,
+                              **metrics,
                               "wall_time_s": round(time.time() - start + pre_summary.get("pretrain_wall_time_s", 0), 2)}
                     path = write_record(results_dir, "accuracy", record)
                     records.append(record)
-                    print(f"{splits.name} H={horizon} {model_name}: MSE {metrics['mse']:.4f} MAE {metrics['mae']:.4f}"
+                    print(f"{splits.name} H={horizon} {_model_label(record)}: MSE {metrics['mse']:.4f} "
+                          f"MAE {metrics['mae']:.4f}"
                           f" ({metrics['finetune_steps']} steps) -> {path}", flush=True)
     return records
 
@@ -427,12 +445,13 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         lines += [f"### Budget `{budget}` on {', '.join(devices)}", "",
                   f"Commands: {'; '.join(f'`{c}`' for c in commands)}. Commits: {', '.join(commits)}. "
                   f"Budget: `{json.dumps(rows[0]['budget_detail'])}`.", ""]
-        models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+        labels = {_model_label(r) for r in rows}
+        models = [m for m in MODELS if m in labels] + sorted(labels - set(MODELS))
         lines.append("| dataset | H | " + " | ".join(f"{m} MSE / MAE" for m in models) + " |")
         lines.append("|---|---|" + "---|" * len(models))
         table: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
-            table[(r["dataset"], r["prediction_length"], r["model"])].append(r)
+            table[(r["dataset"], r["prediction_length"], _model_label(r))].append(r)
         datasets = sorted({r["dataset"] for r in rows})
         averages = []
         for dataset in datasets:
@@ -453,9 +472,11 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
             complete = {m: v for m, v in sums.items() if len(v) == len(horizons)}
             avg_cells = [f"**{np.mean(complete[m]):.4f}**" if m in complete else "–" for m in models]
             lines.append(f"| {dataset} | avg | " + " | ".join(avg_cells) + " |")
-            if "himtm" in complete:
-                ratios = {m: np.mean(complete["himtm"]) / np.mean(v) for m, v in complete.items() if m != "himtm"}
-                averages.append((dataset, ratios))
+            for himtm in [m for m in complete if m.startswith("himtm")]:
+                ratios = {m: np.mean(complete[himtm]) / np.mean(v) for m, v in complete.items()
+                          if not m.startswith("himtm")}
+                if ratios:
+                    averages.append((dataset if himtm == "himtm" else f"{dataset} ({himtm})", ratios))
         lines.append("")
         if averages:
             lines += ["HiMTM / PatchTST ratio of the horizon-averaged MSE (target: <= 0.97):", ""]
@@ -466,12 +487,18 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         losses = [r for r in rows if r.get("pretrain_final_train_loss") is not None]
         if losses:
             lines += ["Final training losses seen (pre-training / fine-tuning, last logged step):", ""]
-            for r in sorted(losses, key=lambda x: (x["dataset"], x["prediction_length"], x["model"])):
-                lines.append(f"- {r['dataset']} H={r['prediction_length']} {r['model']}: pretrain "
+            for r in sorted(losses, key=lambda x: (x["dataset"], x["prediction_length"], _model_label(x))):
+                lines.append(f"- {r['dataset']} H={r['prediction_length']} {_model_label(r)}: pretrain "
                              f"{_fmt(r.get('pretrain_final_train_loss'))}, finetune "
                              f"{_fmt(r.get('finetune_final_train_loss'))}, best val {_fmt(r.get('best_val_loss'))}")
             lines.append("")
     return lines
+
+
+def _model_label(record: dict[str, Any]) -> str:
+    """`himtm`, `patchtst_...`, or `himtm@<variant>` for a HiMTM variant run through the accuracy benchmark."""
+    variant = record.get("variant")
+    return record["model"] if variant in (None, "full") else f"{record['model']}@{variant}"
 
 
 def _fmt(value: Any) -> str:

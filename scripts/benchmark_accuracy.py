@@ -32,6 +32,8 @@ class AccuracyArguments:
     results_dir: str = field(default=str(RESULTS_DIR), metadata={"help": "Where the JSON records go."})
     work_dir: str = field(default="outputs/benchmark", metadata={"help": "Checkpoints of the runs."})
     max_test_windows: int | None = field(default=None, metadata={"help": "Override the budget's test cap."})
+    himtm_variant: str = field(default="full", metadata={
+        "help": "Run HiMTM as this variant of scripts/ablate.py (e.g. patch_8); tables show it as himtm@<variant>."})
 
 
 def main(args: AccuracyArguments) -> None:
@@ -41,7 +43,7 @@ def main(args: AccuracyArguments) -> None:
     changes = {"max_test_windows": args.max_test_windows} if args.max_test_windows else {}
     budget = budget_by_name(args.budget, **changes)
     run_accuracy(args.datasets, args.horizons, args.models, budget, args.seeds, Path(args.work_dir),
-                 Path(args.results_dir), args.data_dir, args.context_length)
+                 Path(args.results_dir), args.data_dir, args.context_length, args.himtm_variant)
     print(f"wrote {regenerate_results_md(Path(args.results_dir))}")
 
 

@@ -34,6 +34,14 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
         assert r["num_test_windows"] == 64  # the quick budget caps the test windows (and says so)
     assert any(r.get("pretrain_final_train_loss") is not None for r in records)
 
+    # a HiMTM variant runs beside the default records (own file, own column) instead of replacing them
+    _run("benchmark_accuracy.py", "--budget", "quick", "--datasets", "ETTh1", "--horizons", "96", "--models", "himtm",
+         "--himtm_variant", "no_pretrain", "--results_dir", str(results), "--work_dir", str(tmp_path / "work"))
+    records = [json.loads(p.read_text()) for p in (results / "accuracy").glob("*.json")]
+    (variant,) = [r for r in records if r.get("variant")]
+    assert len(records) == 4 and variant["variant"] == "no_pretrain" and variant["pretrain_steps"] == 0
+    assert "himtm@no_pretrain MSE / MAE" in (tmp_path / "results.md").read_text()
+
     _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "full", "no_hsd", "no_pretrain",
          "--seeds", "1", "--results_dir", str(results), "--work_dir", str(tmp_path / "ablation"))
     ablation = [json.loads(p.read_text()) for p in (results / "ablation").glob("*.json")]
