@@ -171,6 +171,9 @@ class TransferArguments:
     )
     use_cpu: bool = field(default=False, metadata={"help": "Run on CPU even if a GPU is available."})
     overwrite: bool = field(default=False, metadata={"help": "Re-run runs whose record exists (default: skip)."})
+    repretrain: bool = field(default=False, metadata={
+        "help": "Pre-train again even where the work folder holds a finished pre-training of the same model, source, "
+                "seed, budget and commit (default: reuse it)."})
     list_only: bool = field(default=False, metadata={"help": "Print the planned runs and exit."})
 
 
@@ -440,6 +443,21 @@ def _device_description(use_cpu: bool) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+PRETRAIN_MARKER = "transfer_pretraining.json"
+
+
+def _finished_pretraining(folder: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The facts of a finished pre-training in ``folder`` if it was made with exactly ``identity`` (model, source,
+    seed, budget, commit); None otherwise. The marker is written only after the weights are saved, so an
+    interrupted pre-training is never reused."""
+    marker = folder / PRETRAIN_MARKER
+    if not marker.is_file():
+        return None
+    saved = json.loads(marker.read_text())
+    same = json.loads(json.dumps(identity, default=str)) == {k: saved.get(k) for k in identity}
+    return saved["info"] if same and (folder / "model.safetensors").is_file() else None
+
+
 def run_transfer(args: TransferArguments, command: str | None = None, log=print) -> list[dict[str, Any]]:
     """Runs the matrix of ``args`` and writes one JSON record per run; returns the records (existing records are
     read back instead of re-run unless ``args.overwrite``)."""
@@ -480,8 +498,17 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
             key = (run.model, run.source)
             if key not in pretrained:
                 folder = work_dir / f"{run.model}-pretrain-{_slug(run.source)}-L{budget.context_length}-seed{args.seed}"
-                pretrained[key] = pretrain_run(run.model, budget, run.source, args.data_dir, folder, args.seed,
-                                               args.use_cpu)
+                identity = {"model": run.model, "source": run.source, "seed": args.seed, "budget": budget.to_dict(),
+                            "git_commit": commit}
+                reused = None if args.repretrain else _finished_pretraining(folder, identity)
+                if reused is not None:
+                    log(f"    reusing the pre-training in {folder} (same model, source, seed, budget and commit)")
+                    pretrained[key] = reused
+                else:
+                    pretrained[key] = pretrain_run(run.model, budget, run.source, args.data_dir, folder, args.seed,
+                                                   args.use_cpu)
+                    (folder / PRETRAIN_MARKER).write_text(
+                        json.dumps({**identity, "info": pretrained[key]}, indent=2, default=str) + "\n")
             pretrain_info = pretrained[key]
         windows = n_train if run.fraction >= 1.0 else max(1, math.ceil(run.fraction * n_train))
         metrics = finetune_run(

@@ -10,6 +10,8 @@
 
 Writes one JSON record per run to ``<results_dir>/<budget>/<source>-to-<target>/H<horizon>/...json`` (default
 ``docs/results/transfer``) and a ``summary.md`` table; existing records are skipped unless ``--overwrite``.
+A finished pre-training in ``--work_dir`` of the same model, source, seed, budget and commit is reused (so an
+interrupted or extended matrix does not pre-train again); ``--repretrain`` forces a new one.
 All options: ``--help`` (``himtm_hf.transfer.TransferArguments``).
 """
 

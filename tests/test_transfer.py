@@ -140,3 +140,31 @@ def test_plan_and_argument_errors(capsys):
         run_transfer(TransferArguments(budget="huge"))
     assert main(["--pairs", "weather:ETTh1", "--models", "himtm", "--fractions", "0.1", "--list_only"]) == []
     assert "TransferRun(source='weather', target='ETTh1', model='himtm', protocol='finetune'" in capsys.readouterr().out
+
+
+def test_finished_pretraining_is_reused_unless_asked_and_never_when_the_budget_differs(matrix):
+    """Runs after the matrix tests (it re-writes one record): a re-run reuses the saved pre-training of the same
+    model, source, seed, budget and commit instead of pre-training again."""
+    args, records, _ = matrix
+    original = next(r for r in records if r["model"] == "himtm" and r["protocol"] == "finetune" and r["fraction"] == 1)
+    subset = dict(models=["himtm"], protocols=["finetune"], fractions=[1.0], overwrite=True)
+
+    lines: list[str] = []
+    (again,) = run_transfer(TransferArguments(**{**vars(args), **subset}), command="pytest transfer", log=lines.append)
+    assert any("reusing the pre-training" in line for line in lines)
+    assert again["pretrain_wall_time_s"] == original["pretrain_wall_time_s"]  # the facts of the first pre-training
+    assert again["mse"] == pytest.approx(original["mse"], rel=1e-5)  # same encoder, same seed, same fine-tuning
+
+    lines.clear()
+    (fresh,) = run_transfer(TransferArguments(**{**vars(args), **subset, "repretrain": True}), command="pytest transfer",
+                            log=lines.append)
+    assert not any("reusing" in line for line in lines)
+    assert fresh["pretrain_wall_time_s"] != original["pretrain_wall_time_s"]
+
+    marker = Path(args.work_dir) / "quick" / "himtm-pretrain-weather-L64-seed3" / "transfer_pretraining.json"
+    saved = json.loads(marker.read_text())
+    saved["budget"]["pretrain_steps"] += 1  # a folder made under another budget is pre-trained again
+    marker.write_text(json.dumps(saved))
+    lines.clear()
+    run_transfer(TransferArguments(**{**vars(args), **subset}), command="pytest transfer", log=lines.append)
+    assert not any("reusing" in line for line in lines)
