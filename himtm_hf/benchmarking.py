@@ -524,7 +524,10 @@ def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
         order = [v for v in ABLATION_VARIANTS if v in by_variant] + sorted(set(by_variant) - set(ABLATION_VARIANTS))
         for variant in order:
             runs = by_variant[variant]
-            lines.append(f"| {variant} | `{json.dumps(runs[0].get('overrides', {}))}` | {len(runs)} | "
+            overrides = f"`{json.dumps(runs[0].get('overrides', {}))}`"
+            if variant in NO_PRETRAIN_VARIANTS:
+                overrides += " (fine-tuned from a random initialisation: no pre-training)"
+            lines.append(f"| {variant} | {overrides} | {len(runs)} | "
                          f"{_mean_std([x['mse'] for x in runs])} | {_mean_std([x['mae'] for x in runs])} |")
         lines.append("")
     return lines
