@@ -122,6 +122,19 @@ def patchtst_config(kind: str, dataset: str, context_length: int, prediction_len
     return PatchTSTConfig(**common, **size, **patching)
 
 
+def speed_himtm_config(context_length: int, prediction_length: int, num_input_channels: int, d_model: int,
+                       num_heads: int, ffn_dim: int, total_depth: int, **overrides: Any) -> HiMTMConfig:
+    """HiMTM as `scripts/benchmark_speed.py` measures it (and `scripts/profile_step.py` profiles it): patch 16,
+    3 hierarchies, `total_depth` blocks in all, every attention with `num_heads` heads."""
+    hierarchies = 3
+    return HiMTMConfig(
+        context_length=context_length, prediction_length=prediction_length, num_input_channels=num_input_channels,
+        patch_length=16, patch_stride=16, num_hierarchies=hierarchies, d_model=d_model,
+        num_layers=max(1, total_depth // hierarchies), num_attention_heads=num_heads, ffn_dim=ffn_dim,
+        decoder_num_attention_heads=num_heads, csa_num_attention_heads=num_heads, **overrides,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Runs
 # ----------------------------------------------------------------------------------------------------------------------
@@ -302,12 +315,11 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
                                       prediction_length=min(horizons))
             pretrained: dict[str, tuple[Path, dict[str, Any]]] = {}
             for model_name in models:
-                if model_name == "himtm" and himtm_variant in NO_PRETRAIN_VARIANTS:
-                    pretrained[model_name] = (None, {"pretrain_steps": 0})
-                elif model_name in ("himtm", "patchtst_selfsupervised"):
-                    pretrained[model_name] = pretrain_model(
-                        model_name, base_splits, budget, seed, work_dir / base_splits.name / f"seed{seed}" /
-                        himtm_variant, overrides if model_name == "himtm" else None)
+                run_dir = work_dir / base_splits.name / f"seed{seed}" / himtm_variant
+                if model_name == "himtm":
+                    pretrained[model_name] = _pretrain_variant(himtm_variant, base_splits, budget, seed, run_dir)
+                elif model_name == "patchtst_selfsupervised":
+                    pretrained[model_name] = pretrain_model(model_name, base_splits, budget, seed, run_dir)
             for horizon in horizons:
                 splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                      prediction_length=horizon)
@@ -315,13 +327,9 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
                     start = time.time()
                     ckpt, pre_summary = pretrained.get(model_name, (None, {}))
                     is_himtm = model_name == "himtm"
-                    if is_himtm and ckpt is not None:  # pre-training-only fields travel in the saved config
-                        finetune_overrides = {k: v for k, v in overrides.items() if k == "use_csa"}
-                    else:
-                        finetune_overrides = overrides if is_himtm else None
                     metrics = finetune_model(model_name, splits, budget, seed,
                                              work_dir / splits.name / f"seed{seed}" / himtm_variant, ckpt,
-                                             finetune_overrides)
+                                             _finetune_overrides(overrides, ckpt) if is_himtm else None)
                     record = {**base_record(splits.name, budget, seed, context_length), "model": model_name,
                               **(variant_fields if is_himtm else {}), "prediction_length": horizon, **pre_summary,
                               **metrics,
@@ -364,7 +372,20 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
 }
 # Variants fine-tuned from a random initialisation instead of their own pre-training.
 NO_PRETRAIN_VARIANTS = {"no_pretrain"}
-PRETRAIN_ONLY_FIELDS = {"use_ded", "use_hsd", "mask_ratio", "teacher_type", "teacher_input"}
+
+
+def _pretrain_variant(variant: str, splits: SplitData, budget: Budget, seed: int,
+                      work_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+    """Pre-trains HiMTM as `variant` (no checkpoint for the variants without pre-training)."""
+    if variant in NO_PRETRAIN_VARIANTS:
+        return None, {"pretrain_steps": 0}
+    return pretrain_model("himtm", splits, budget, seed, work_dir, ABLATION_VARIANTS[variant])
+
+
+def _finetune_overrides(overrides: dict[str, Any], checkpoint: Path | None) -> dict[str, Any]:
+    """A variant's overrides for building its forecaster: all of them from scratch; from a checkpoint only
+    `use_csa`, since the rest travel in the saved config."""
+    return {k: v for k, v in overrides.items() if k == "use_csa"} if checkpoint is not None else dict(overrides)
 
 
 def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget: Budget, seeds: list[int],
@@ -379,12 +400,9 @@ def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget:
             for seed in seeds:
                 start = time.time()
                 run_dir = work_dir / splits.name / variant / f"seed{seed}"
-                if variant in NO_PRETRAIN_VARIANTS:
-                    ckpt, pre_summary, finetune_overrides = None, {"pretrain_steps": 0}, dict(overrides)
-                else:
-                    ckpt, pre_summary = pretrain_model("himtm", splits, budget, seed, run_dir, overrides)
-                    finetune_overrides = {k: v for k, v in overrides.items() if k == "use_csa"}
-                metrics = finetune_model("himtm", splits, budget, seed, run_dir, ckpt, finetune_overrides)
+                ckpt, pre_summary = _pretrain_variant(variant, splits, budget, seed, run_dir)
+                metrics = finetune_model("himtm", splits, budget, seed, run_dir, ckpt,
+                                         _finetune_overrides(overrides, ckpt))
                 record = {**base_record(splits.name, budget, seed, context_length), "model": "himtm",
                           "variant": variant, "overrides": overrides, "prediction_length": horizon, **pre_summary,
                           **metrics, "wall_time_s": round(time.time() - start, 2)}

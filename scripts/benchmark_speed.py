@@ -55,18 +55,12 @@ def build_model(name: str, args: SpeedArguments, context_length: int):
     """Matched models: same width, heads, FFN, total depth, look-back; each at its paper's patching."""
     from transformers import PatchTSTConfig, PatchTSTForPrediction, PatchTSTForPretraining
 
-    from himtm_hf import HiMTMConfig, HiMTMForPrediction, HiMTMForPretraining
+    from himtm_hf import HiMTMForPrediction, HiMTMForPretraining
+    from himtm_hf.benchmarking import speed_himtm_config
 
     if name.startswith("himtm"):
-        hierarchies = 3
-        per_level = max(1, args.total_depth // hierarchies)
-        config = HiMTMConfig(
-            context_length=context_length, prediction_length=args.prediction_length,
-            num_input_channels=args.num_input_channels, patch_length=16, patch_stride=16,
-            num_hierarchies=hierarchies, d_model=args.d_model, num_layers=per_level,
-            num_attention_heads=args.num_heads, ffn_dim=args.ffn_dim, decoder_num_attention_heads=args.num_heads,
-            csa_num_attention_heads=args.num_heads,
-        )
+        config = speed_himtm_config(context_length, args.prediction_length, args.num_input_channels, args.d_model,
+                                    args.num_heads, args.ffn_dim, args.total_depth)
         return (HiMTMForPrediction if name == "himtm_prediction" else HiMTMForPretraining)(config)
     common = dict(
         context_length=context_length, num_input_channels=args.num_input_channels, d_model=args.d_model,

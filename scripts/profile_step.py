@@ -21,12 +21,13 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from himtm_hf import HiMTMConfig, HiMTMForPrediction, HiMTMForPretraining  # noqa: E402
+from himtm_hf import HiMTMForPrediction, HiMTMForPretraining  # noqa: E402
+from himtm_hf.benchmarking import speed_himtm_config  # noqa: E402
 
 
 @dataclass
 class ProfileArguments:
-    """Settings of the profile (`--name value`)."""
+    """Settings of the profile (`--name value`); the model is the one `scripts/benchmark_speed.py` measures."""
 
     model: str = field(default="prediction", metadata={"help": "'prediction' or 'pretraining'."})
     context_length: int = 4096
@@ -36,6 +37,7 @@ class ProfileArguments:
     d_model: int = 128
     num_heads: int = 16
     ffn_dim: int = 256
+    total_depth: int = 3
     use_csa: bool = True
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
     device: str = "cpu"
@@ -49,12 +51,8 @@ def profile_step(args: ProfileArguments) -> tuple[str, float]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = HiMTMConfig(
-        context_length=args.context_length, prediction_length=args.prediction_length,
-        num_input_channels=args.num_input_channels, d_model=args.d_model, num_attention_heads=args.num_heads,
-        ffn_dim=args.ffn_dim, decoder_num_attention_heads=args.num_heads, csa_num_attention_heads=args.num_heads,
-        use_csa=args.use_csa,
-    )
+    config = speed_himtm_config(args.context_length, args.prediction_length, args.num_input_channels, args.d_model,
+                                args.num_heads, args.ffn_dim, args.total_depth, use_csa=args.use_csa)
     model = (HiMTMForPrediction if args.model == "prediction" else HiMTMForPretraining)(config).to(args.device)
     past = torch.randn(args.batch_size, args.context_length, args.num_input_channels, device=args.device)
     future = torch.randn(args.batch_size, args.prediction_length, args.num_input_channels, device=args.device)
