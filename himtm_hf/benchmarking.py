@@ -265,12 +265,29 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
+# HiMTM's defaults changed once (see `HIMTM_DEFAULTS`); a HiMTM record names the set it ran with, so a table never
+# pools runs of two different models under one label. Records written before the field existed ran with set 0.
+HIMTM_DEFAULTS_VERSION = 1
+HIMTM_DEFAULTS: dict[int, str] = {
+    0: "teacher_input='masked', csa_attention='global' (every HiMTM record before the field existed)",
+    1: "teacher_input='full', csa_attention='local'",
+}
+
+
+def himtm_defaults_version(record: dict[str, Any]) -> int | None:
+    """The HiMTM defaults set a record ran with (None for a PatchTST record)."""
+    return int(record.get("himtm_defaults", 0)) if record.get("model") == "himtm" else None
+
+
 def write_record(results_dir: Path, kind: str, record: dict[str, Any]) -> Path:
     """Writes one run's JSON record under `results_dir/kind/`."""
     folder = Path(results_dir) / kind
     folder.mkdir(parents=True, exist_ok=True)
     stem = "-".join(str(record.get(k)) for k in ("dataset", "prediction_length", "model", "variant", "budget", "seed")
                     if record.get(k) is not None)
+    version = himtm_defaults_version(record)
+    if version:  # set 0 keeps its original file names
+        stem += f"-d{version}"
     path = folder / f"{stem}-{record['device_kind']}.json"
     path.write_text(json.dumps(record, indent=2, default=_json_default))
     return path
@@ -307,7 +324,9 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
     if himtm_variant not in ABLATION_VARIANTS:
         raise ValueError(f"Unknown HiMTM variant {himtm_variant!r}; choose from {list(ABLATION_VARIANTS)}.")
     overrides = ABLATION_VARIANTS[himtm_variant]
-    variant_fields = {} if himtm_variant == "full" else {"variant": himtm_variant, "overrides": overrides}
+    variant_fields = {"himtm_defaults": HIMTM_DEFAULTS_VERSION}
+    if himtm_variant != "full":
+        variant_fields.update(variant=himtm_variant, overrides=overrides)
     records = []
     for dataset in datasets:
         for seed in seeds:
@@ -361,7 +380,8 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "mask_0.6": {"mask_ratio": 0.6},
     "mask_0.7": {"mask_ratio": 0.7},
     "teacher_ema": {"teacher_type": "ema"},
-    "teacher_full_input": {"teacher_input": "full"},
+    "teacher_masked_input": {"teacher_input": "masked"},
+    "csa_global": {"csa_attention": "global"},
     # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, no
     # pre-training at all (the same architecture trained on the forecasting loss only), and the width of the
     # large-dataset configuration (PatchTST's self-supervised model is 128 wide on every dataset).
@@ -404,7 +424,8 @@ def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget:
                 metrics = finetune_model("himtm", splits, budget, seed, run_dir, ckpt,
                                          _finetune_overrides(overrides, ckpt))
                 record = {**base_record(splits.name, budget, seed, context_length), "model": "himtm",
-                          "variant": variant, "overrides": overrides, "prediction_length": horizon, **pre_summary,
+                          "himtm_defaults": HIMTM_DEFAULTS_VERSION, "variant": variant, "overrides": overrides,
+                          "prediction_length": horizon, **pre_summary,
                           **metrics, "wall_time_s": round(time.time() - start, 2)}
                 path = write_record(results_dir, "ablation", record)
                 records.append(record)
@@ -463,6 +484,7 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         lines += [f"### Budget `{budget}` on {', '.join(devices)}", "",
                   f"Commands: {'; '.join(f'`{c}`' for c in commands)}. Commits: {', '.join(commits)}. "
                   f"Budget: `{json.dumps(rows[0]['budget_detail'])}`.", ""]
+        lines += _defaults_legend(rows)
         labels = {_model_label(r) for r in rows}
         models = [m for m in MODELS if m in labels] + sorted(labels - set(MODELS))
         lines.append("| dataset | H | " + " | ".join(f"{m} MSE / MAE" for m in models) + " |")
@@ -514,9 +536,26 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _model_label(record: dict[str, Any]) -> str:
-    """`himtm`, `patchtst_...`, or `himtm@<variant>` for a HiMTM variant run through the accuracy benchmark."""
+    """`himtm`, `patchtst_...`, or `himtm@<variant>` for a HiMTM variant run through the accuracy benchmark; HiMTM
+    runs with an older defaults set get a `[v<N>]` suffix (`HIMTM_DEFAULTS`)."""
     variant = record.get("variant")
-    return record["model"] if variant in (None, "full") else f"{record['model']}@{variant}"
+    label = record["model"] if variant in (None, "full") else f"{record['model']}@{variant}"
+    version = himtm_defaults_version(record)
+    return label if version in (None, HIMTM_DEFAULTS_VERSION) else f"{label} [v{version}]"
+
+
+def _variant_label(variant: str, version: int) -> str:
+    return variant if version == HIMTM_DEFAULTS_VERSION else f"{variant} [v{version}]"
+
+
+def _defaults_legend(records: list[dict[str, Any]]) -> list[str]:
+    """A line saying what each HiMTM defaults set seen in `records` was."""
+    versions = sorted({v for v in map(himtm_defaults_version, records) if v is not None})
+    if versions == [HIMTM_DEFAULTS_VERSION] or not versions:
+        return []
+    sets = "; ".join(f"v{v}: {HIMTM_DEFAULTS.get(v, 'unknown')}" for v in versions)
+    return [f"HiMTM defaults sets (`[vN]` marks runs with an older set; unmarked = v{HIMTM_DEFAULTS_VERSION}): {sets}.",
+            ""]
 
 
 def _fmt(value: Any) -> str:
@@ -534,18 +573,18 @@ def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
         commands = sorted({r["command"] for r in rows})
         lines += [f"### {dataset}, H={horizon}, budget `{budget}`, {device}", "",
                   f"Commands: {'; '.join(f'`{c}`' for c in commands)}. Commits: "
-                  f"{', '.join(sorted({r['git_commit'] for r in rows}))}.", "",
+                  f"{', '.join(sorted({r['git_commit'] for r in rows}))}.", "", *_defaults_legend(rows),
                   "| variant | overrides | seeds | test MSE | test MAE |", "|---|---|---|---|---|"]
-        by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_variant: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
-            by_variant[r["variant"]].append(r)
-        order = [v for v in ABLATION_VARIANTS if v in by_variant] + sorted(set(by_variant) - set(ABLATION_VARIANTS))
-        for variant in order:
-            runs = by_variant[variant]
+            by_variant[(-himtm_defaults_version(r), r["variant"])].append(r)
+        known = {v: i for i, v in enumerate(ABLATION_VARIANTS)}
+        for key in sorted(by_variant, key=lambda k: (k[0], known.get(k[1], len(known)), k[1])):
+            runs, variant = by_variant[key], key[1]
             overrides = f"`{json.dumps(runs[0].get('overrides', {}))}`"
             if variant in NO_PRETRAIN_VARIANTS:
                 overrides += " (fine-tuned from a random initialisation: no pre-training)"
-            lines.append(f"| {variant} | {overrides} | {len(runs)} | "
+            lines.append(f"| {_variant_label(variant, -key[0])} | {overrides} | {len(runs)} | "
                          f"{_mean_std([x['mse'] for x in runs])} | {_mean_std([x['mae'] for x in runs])} |")
         lines.append("")
     return lines

@@ -344,8 +344,8 @@ def build_model_card_data(
 def _config_summary(config: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("context_length", "prediction_length", "num_input_channels", "patch_length", "num_hierarchies",
             "d_model", "num_layers", "num_attention_heads", "ffn_dim", "mask_ratio", "teacher_type",
-            "teacher_input", "scaling", "head_type", "csa_num_layers", "freeze_encoder", "use_hmt", "use_ded",
-            "use_hsd", "use_csa")
+            "teacher_input", "scaling", "head_type", "csa_num_layers", "csa_attention", "freeze_encoder", "use_hmt",
+            "use_ded", "use_hsd", "use_csa")
     return {k: config[k] for k in keys if k in config}
 
 

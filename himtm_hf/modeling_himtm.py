@@ -900,6 +900,10 @@ class HiMTMCrossScaleHead(nn.Module):
     """CSA-FT: tokens of all hierarchies, projected to one width and tagged with a scale embedding, attend to each
     other (every token sees every scale), then a flatten (or mean) + linear layer gives the horizon.
 
+    With `csa_attention="local"` a token attends only to the tokens of all scales that cover the same coarsest-level
+    span (a group of `2**K - 1` tokens for K hierarchies), which keeps the cost linear in the look-back; the
+    token order seen by the flatten projection is the same for both modes.
+
     With `use_csa=False` the attention layers are skipped (flatten head over the same multi-scale tokens), which
     isolates the effect of the cross-scale attention itself.
     """
@@ -919,6 +923,7 @@ class HiMTMCrossScaleHead(nn.Module):
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(width)
+        self.local = config.csa_attention == "local"
         self.head_type = config.head_type
         num_tokens = sum(s.num_tokens for s in specs)
         in_features = num_tokens * width if self.head_type == "flatten" else width
@@ -930,11 +935,28 @@ class HiMTMCrossScaleHead(nn.Module):
         tokens = torch.cat(
             [proj(f) + self.scale_embedding[i] for i, (proj, f) in enumerate(zip(self.projections, features))], dim=1
         )
-        for layer in self.layers:
-            tokens = layer(tokens)
+        if self.layers:
+            tokens = self._attend_locally(tokens, [f.shape[1] for f in features]) if self.local else self._attend(tokens)
         tokens = self.norm(tokens)
         pooled = tokens.flatten(1) if self.head_type == "flatten" else tokens.mean(dim=1)
         return self.projection(self.dropout(pooled))  # (series, prediction_length)
+
+    def _attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            tokens = layer(tokens)
+        return tokens
+
+    def _attend_locally(self, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Attention within each coarsest-level span: regroup `(series, sum_i N_i, d)` into
+        `(series * N_coarsest, sum_i N_i / N_coarsest, d)`, attend, and restore the scale-major order."""
+        series, _, width = tokens.shape
+        units = counts[-1]
+        per_unit = [n // units for n in counts]  # tokens of scale i under one coarsest token: 2**(K-1-i)
+        scales = tokens.split(counts, dim=1)
+        groups = torch.cat([t.reshape(series, units, k, width) for t, k in zip(scales, per_unit)], dim=2)
+        groups = self._attend(groups.reshape(series * units, sum(per_unit), width))
+        groups = groups.reshape(series, units, sum(per_unit), width).split(per_unit, dim=2)
+        return torch.cat([g.reshape(series, n, width) for g, n in zip(groups, counts)], dim=1)
 
 
 class HiMTMForPrediction(HiMTMPreTrainedModel):

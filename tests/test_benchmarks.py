@@ -62,3 +62,28 @@ def test_speed_quick_budget_writes_ratio_table(tmp_path):
                                                    "patchtst_pretraining"}
     assert all(r["train"]["windows_per_s"] > 0 and r["inference"]["windows_per_s"] > 0 for r in data["rows"])
     assert len(data["summary"]["ratios"]) == 4 and "train throughput" in result.stdout
+
+
+def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(tmp_path):
+    """A HiMTM record written before the defaults changed (no `himtm_defaults` field) is neither overwritten by nor
+    averaged with a run of the current defaults: own file, own `[v0]` column and ablation row, and a legend."""
+    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+
+    results = tmp_path / "results"
+    common = {"dataset": "ETTh1", "prediction_length": 96, "budget": "cpu", "budget_detail": {"name": "cpu"},
+              "seed": 1, "device": "CPU", "device_kind": "cpu", "git_commit": "abc", "command": "cmd"}
+    old = {**common, "model": "himtm", "mse": 0.50, "mae": 0.5}
+    new = {**common, "model": "himtm", "himtm_defaults": HIMTM_DEFAULTS_VERSION, "mse": 0.30, "mae": 0.3}
+    baseline = {**common, "model": "patchtst_supervised", "mse": 0.40, "mae": 0.4}
+    paths = {write_record(results, "accuracy", r) for r in (old, new, baseline)}
+    assert len(paths) == 3
+    for record in (old, new):
+        write_record(results, "ablation", {**record, "variant": "full", "overrides": {}})
+
+    text = regenerate_results_md(results, tmp_path / "results.md").read_text()
+    assert "| himtm MSE / MAE | patchtst_supervised MSE / MAE | himtm [v0] MSE / MAE |" in text
+    assert "| ETTh1 | 96 | 0.3000 / 0.3000 | 0.4000 / 0.4000 | 0.5000 / 0.5000 |" in text
+    assert "- ETTh1: patchtst_supervised: 0.750 (met)" in text
+    assert "- ETTh1 (himtm [v0]): patchtst_supervised: 1.250 (missed)" in text
+    assert "| full | `{}` | 1 | 0.3000 |" in text and "| full [v0] | `{}` | 1 | 0.5000 |" in text
+    assert text.count("HiMTM defaults sets") == 2

@@ -70,11 +70,13 @@ def test_encoder_shapes_per_hierarchy():
 ABLATIONS = [
     {},
     {"teacher_type": "ema"},
-    {"teacher_input": "full"},
+    {"teacher_input": "masked"},
     {"use_hmt": False},
     {"use_ded": False},
     {"use_hsd": False},
     {"use_csa": False},
+    {"csa_attention": "local"},
+    {"csa_attention": "local", "num_hierarchies": 1, "d_model": 16, "num_layers": 2, "num_attention_heads": 2},
     {"head_type": "mean"},
     {"decoder_d_model": 8, "decoder_num_layers": 2},
     {"scaling": "mean"},
@@ -125,6 +127,41 @@ def test_ablation_switches_change_the_architecture():
     assert HiMTMForPretraining(tiny_config(use_hsd=False)).hsd is None
     assert len(HiMTMForPrediction(tiny_config(use_csa=False)).head.layers) == 0
     assert len(HiMTMForPrediction(tiny_config()).head.layers) == 1
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_cross_scale_attention_reach(mode):
+    """A change to one finest token reaches every CSA-FT token in "global" mode and, in "local" mode, exactly the
+    tokens of all scales that cover the same coarsest-level span (finest 0-3, middle 0-1, coarsest 0 here)."""
+    cfg = tiny_config(csa_attention=mode, dropout=0.0, d_model=16)
+    head = HiMTMForPrediction(cfg).head.eval()
+    features = [torch.randn(2, n, 16) for n in (16, 8, 4)]
+    seen = {}
+    head.norm.register_forward_hook(lambda module, args, out: seen.__setitem__("tokens", args[0]))
+    head(features)
+    before = seen["tokens"].clone()
+    moved = [f.clone() for f in features]
+    moved[0][:, 0] += torch.randn(16)  # not a constant shift: LayerNorm would remove that
+    head(moved)
+    reached = ((seen["tokens"] - before).abs().sum(-1) > 1e-6)[0]
+    if mode == "global":
+        assert reached.all()
+    else:
+        expected = torch.zeros(28, dtype=torch.bool)
+        expected[[0, 1, 2, 3, 16, 17, 24]] = True
+        assert torch.equal(reached, expected)
+
+
+def test_local_cross_scale_attention_keeps_the_token_layout():
+    """Regrouping by span and back is an exact permutation round trip: with the attention layers replaced by the
+    identity, "local" and "global" give the same forecast."""
+    cfg = tiny_config(csa_attention="local", d_model=16)
+    head = HiMTMForPrediction(cfg).head.eval()
+    head._attend = lambda tokens: tokens
+    features = [torch.randn(2, n, 16) for n in (16, 8, 4)]
+    local = head(features)
+    head.local = False
+    torch.testing.assert_close(local, head(features))
 
 
 # ---------------------------------------------------------------------------------------------------- HSD teacher
@@ -414,6 +451,7 @@ def test_bad_masks_and_targets_raise():
         ({"d_model": 18}, "not divisible by num_attention_heads"),
         ({"mask_ratio": 1.0}, "mask_ratio"),
         ({"teacher_type": "momentum"}, "teacher_type"),
+        ({"csa_attention": "window"}, "csa_attention"),
         ({"scaling": "minmax"}, "scaling"),
         ({"prediction_loss_space": "scaled"}, "prediction_loss_space"),
         ({"num_hierarchies": 5}, "coarsest hierarchy would hold 1"),
