@@ -1,8 +1,12 @@
 """Train-step and inference throughput and peak memory: HiMTM vs HF PatchTST at matched width, depth and look-back.
 
-On CPU each (model, look-back) pair runs in its own subprocess so that peak memory is measured per pair (the
-process's peak RSS growth during the timed steps, via `/proc/self/clear_refs`); on CUDA the pairs run in one process
-and peak memory is `torch.cuda.max_memory_allocated` after a reset.
+On CPU each (model, look-back) pair is timed in its own subprocess, and its peak memory is measured in another one:
+the peak resident-set growth (`VmHWM` after a `/proc/self/clear_refs` reset) of the first training step (activations,
+gradients and the AdamW state it creates) and of one inference pass over the memory held once the model and the batch
+exist. That child runs with glibc's `MALLOC_MMAP_THRESHOLD_` fixed at 64 KiB, so every tensor buffer is mapped on
+allocation and returned on free: the resident set then follows the live tensors instead of the allocator's cache
+(with the default dynamic threshold, freed buffers stay cached and the growth of later steps is mostly noise). On
+CUDA the pairs run in one process and peak memory is `torch.cuda.max_memory_allocated` after a reset.
 
     python scripts/benchmark_speed.py                                 # CPU, look-backs 512..4096
     python scripts/benchmark_speed.py --device cuda --batch_size 64   # on a GPU
@@ -152,6 +156,54 @@ def measure_one(name: str, context_length: int, args: SpeedArguments) -> dict:
     return results
 
 
+# Child environment of the CPU memory measurement (see the module docstring).
+MEMORY_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def measure_memory_cpu(name: str, context_length: int, args: SpeedArguments) -> dict:
+    """Runs in a child process started with `MEMORY_CHILD_ENV`: peak RSS growth (MB) of one training step and of
+    one inference pass."""
+    import gc
+
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(name, args, context_length)
+    x = torch.randn(args.batch_size, context_length, args.num_input_channels)
+    kwargs = {}
+    if name.endswith("prediction"):
+        kwargs["future_values"] = torch.randn(args.batch_size, args.prediction_length, args.num_input_channels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def growth(step) -> float:
+        gc.collect()
+        baseline = _rss_mb()
+        _peak_rss_reset()
+        step()
+        return _peak_rss_mb() - baseline
+
+    def train_step():
+        model.train()
+        model(past_values=x, **kwargs).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer_step():
+        model.eval()
+        with torch.no_grad():
+            model(past_values=x)
+
+    return {"train": growth(train_step), "inference": growth(infer_step)}
+
+
+def _run_child(flag: str, name: str, context_length: int, args: SpeedArguments, env: dict | None = None) -> dict:
+    cmd = [sys.executable, __file__, flag, json.dumps({"name": name, "L": context_length, "args": asdict(args)})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} at L={context_length} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _device_name(device: str) -> str:
     if device == "cuda":
         import torch
@@ -177,12 +229,11 @@ def main(args: SpeedArguments) -> dict:
 
                 torch.cuda.empty_cache()
             else:
-                cmd = [sys.executable, __file__, "--_child", json.dumps({"name": name, "L": context_length,
-                                                                         "args": asdict(args)})]
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{name} at L={context_length} failed:\n{proc.stderr[-3000:]}")
-                record = json.loads(proc.stdout.strip().splitlines()[-1])
+                record = _run_child("--_child", name, context_length, args)
+                memory = _run_child("--_memory_child", name, context_length, args, MEMORY_CHILD_ENV)
+                for phase in ("train", "inference"):
+                    record[phase]["peak_memory_mb"] = memory[phase]
+                record["memory_method"] = "rss_growth_first_step_fixed_mmap_threshold"
             rows.append({"model": name, "context_length": context_length, **record})
             print(f"{name:22s} L={context_length:5d} train {record['train']['windows_per_s']:9.1f} win/s  "
                   f"infer {record['inference']['windows_per_s']:9.1f} win/s  "
@@ -247,10 +298,10 @@ def format_summary(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--_child":
+    if len(sys.argv) == 3 and sys.argv[1] in ("--_child", "--_memory_child"):
         spec = json.loads(sys.argv[2])
-        result = measure_one(spec["name"], spec["L"], SpeedArguments(**spec["args"]))
-        print(json.dumps(result))
+        measure = measure_one if sys.argv[1] == "--_child" else measure_memory_cpu
+        print(json.dumps(measure(spec["name"], spec["L"], SpeedArguments(**spec["args"]))))
     else:
         from transformers import HfArgumentParser
 

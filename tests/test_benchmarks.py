@@ -87,3 +87,19 @@ def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(t
     assert "- ETTh1 (himtm [v0]): patchtst_supervised: 1.250 (missed)" in text
     assert "| full | `{}` | 1 | 0.3000 |" in text and "| full [v0] | `{}` | 1 | 0.5000 |" in text
     assert text.count("HiMTM defaults sets") == 2
+
+
+def test_cpu_peak_memory_is_measured_reproducibly_in_a_child():
+    """The CPU memory child (fixed mmap threshold) gives the same numbers twice and sees a training step (activations,
+    gradients, optimiser state) use more than an inference pass."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_speed", ROOT / "scripts" / "benchmark_speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = speed  # dataclasses look their module up there
+    spec.loader.exec_module(speed)
+    args = speed.SpeedArguments(batch_size=8, d_model=32, num_heads=4, ffn_dim=64)
+    first, second = (speed._run_child("--_memory_child", "himtm_prediction", 512, args, speed.MEMORY_CHILD_ENV)
+                     for _ in range(2))
+    assert first["train"] > first["inference"] > 0
+    assert abs(first["train"] - second["train"]) <= 0.05 * first["train"] + 1.0
