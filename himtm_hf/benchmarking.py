@@ -548,14 +548,17 @@ def _variant_label(variant: str, version: int) -> str:
     return variant if version == HIMTM_DEFAULTS_VERSION else f"{variant} [v{version}]"
 
 
-def _defaults_legend(records: list[dict[str, Any]]) -> list[str]:
-    """A line saying what each HiMTM defaults set seen in `records` was."""
+def _defaults_legend(records: list[dict[str, Any]], marked: bool = True) -> list[str]:
+    """A line saying what each HiMTM defaults set seen in `records` was (none when all are the current set).
+    `marked`: the table tags older-set runs with `[vN]`; otherwise the line just names the sets its HiMTM runs used."""
     versions = sorted({v for v in map(himtm_defaults_version, records) if v is not None})
     if versions == [HIMTM_DEFAULTS_VERSION] or not versions:
         return []
     sets = "; ".join(f"v{v}: {HIMTM_DEFAULTS.get(v, 'unknown')}" for v in versions)
-    return [f"HiMTM defaults sets (`[vN]` marks runs with an older set; unmarked = v{HIMTM_DEFAULTS_VERSION}): {sets}.",
-            ""]
+    if marked:
+        return [f"HiMTM defaults sets (`[vN]` marks runs with an older set; unmarked = v{HIMTM_DEFAULTS_VERSION}): "
+                f"{sets}.", ""]
+    return [f"HiMTM defaults sets of the HiMTM runs in this table (current: v{HIMTM_DEFAULTS_VERSION}): {sets}.", ""]
 
 
 def _fmt(value: Any) -> str:
@@ -605,7 +608,7 @@ def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
             key = (str(r.get("source_dataset")), str(r.get("target_dataset")), r.get("prediction_length"),
                    str(r.get("protocol")), float(r.get("fraction") or 0), r.get("seed"))
             cells[key][str(r.get("model"))] = r
-        lines += [f"### Budget `{budget}` on {device}", "",
+        lines += [f"### Budget `{budget}` on {device}", "", *_defaults_legend(rows, marked=False),
                   "| source -> target | H | protocol | fraction of target train windows | HiMTM MSE | HiMTM MAE | "
                   "PatchTST MSE | PatchTST MAE | HiMTM / PatchTST (MSE) | commits (HiMTM / PatchTST) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]

@@ -468,7 +468,7 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
     results_dir = Path(args.results_dir) / budget.name
     work_dir = Path(args.work_dir) / budget.name
     command = command or " ".join([Path(sys.executable).name, *sys.argv])
-    from .benchmarking import git_commit
+    from .benchmarking import HIMTM_DEFAULTS_VERSION, git_commit
 
     commit = git_commit()
     device = _device_description(args.use_cpu)
@@ -526,6 +526,7 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
             "context_length": budget.context_length,
             "prediction_length": budget.prediction_length,
             "model": run.model,
+            **({"himtm_defaults": HIMTM_DEFAULTS_VERSION} if run.model == "himtm" else {}),
             "protocol": run.protocol,
             "fraction": run.fraction,
             "fraction_selection": "evenly_strided",

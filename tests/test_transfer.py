@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION
 from himtm_hf.data import load_splits
 from himtm_hf.transfer import (
     BUDGETS,
@@ -71,6 +72,7 @@ def test_matrix_runs_end_to_end_across_channel_counts(matrix):
         assert r["train_windows"] == (n_train if r["fraction"] == 1.0 else math.ceil(0.05 * n_train))
         assert r["test_windows"] == QUICK.max_test_windows and r["full_test_split"] is False
         assert r["finetune_steps"] == QUICK.finetune_steps
+        assert r.get("himtm_defaults") == (HIMTM_DEFAULTS_VERSION if r["model"] == "himtm" else None)
         path = Path(args.results_dir) / "quick" / "weather-to-ETTh1" / f"H{QUICK.prediction_length}"
         fraction = f"{r['fraction']:g}".replace(".", "p")
         on_disk = json.loads((path / f"{r['model']}-{r['protocol']}-f{fraction}-seed3.json").read_text())
