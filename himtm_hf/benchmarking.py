@@ -636,7 +636,8 @@ def _speed_section(folder: Path) -> list[str]:
         lines += [f"### {data['device_name']} ({data['budget']}), commit {data['git_commit']}", "",
                   f"Command: `{data['command']}`; batch {data['arguments']['batch_size']}, "
                   f"{data['arguments']['num_input_channels']} channels, d_model {data['arguments']['d_model']}, "
-                  f"total depth {data['arguments']['total_depth']}, median of {data['arguments']['repeats']}.", "",
+                  f"total depth {data['arguments']['total_depth']}, median of {data['arguments']['repeats']}. "
+                  f"HiMTM defaults set v{int(data.get('himtm_defaults', 0))}. {_memory_method(data)}", "",
                   "| kind | L | train throughput ratio | inference throughput ratio | train peak memory ratio |",
                   "|---|---|---|---|---|"]
         for r in data["summary"]["ratios"]:
@@ -652,6 +653,16 @@ def _speed_section(folder: Path) -> list[str]:
             lines.append(f"| {model} | {g['train_time_growth']:.2f}x | {g['growth_over_linear']:.2f} |")
         lines.append("")
     return lines
+
+
+def _memory_method(data: dict[str, Any]) -> str:
+    if data["device"] == "cuda":
+        return "Peak memory: `torch.cuda.max_memory_allocated`."
+    if all(r.get("memory_method") for r in data["rows"]):
+        return ("Peak memory: RSS growth of the first training step / one inference pass, measured in a child with a "
+                "fixed mmap threshold (reproducible to ~0.1 MB).")
+    return ("Peak memory: RSS growth of already-warm timed steps (the first method; mostly allocator noise, see the "
+            "reading above).")
 
 
 def budget_by_name(name: str, **changes: Any) -> Budget:

@@ -239,10 +239,10 @@ def main(args: SpeedArguments) -> dict:
                   f"infer {record['inference']['windows_per_s']:9.1f} win/s  "
                   f"peak train {record['train']['peak_memory_mb']:8.1f} MB", flush=True)
     summary = summarise(rows, args)
-    from himtm_hf.benchmarking import git_commit
+    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, git_commit
 
     out = {
-        "benchmark": "speed", "budget": args.budget, "device": args.device, "device_name": _device_name(args.device),
+        "benchmark": "speed", "budget": args.budget, "himtm_defaults": HIMTM_DEFAULTS_VERSION, "device": args.device, "device_name": _device_name(args.device),
         "torch_threads": _torch_threads(), "git_commit": git_commit(),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "arguments": asdict(args),
         "rows": rows, "summary": summary, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
