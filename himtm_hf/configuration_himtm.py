@@ -206,6 +206,17 @@ class HiMTMConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self._validate()
 
+    # Fields added after checkpoints were already saved, with the value those checkpoints were trained with. A saved
+    # config always holds every field, so a missing one means "saved before the field existed".
+    _FIELDS_ADDED_LATER = {"csa_attention": "global"}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As `PretrainedConfig.from_dict`, but a config saved before a field existed gets the value its weights were
+        trained with (not today's default): e.g. a forecaster saved before `csa_attention` loads with `"global"`."""
+        config_dict = {**{k: v for k, v in cls._FIELDS_ADDED_LATER.items() if k not in config_dict}, **config_dict}
+        return super().from_dict(config_dict, **kwargs)
+
     # ------------------------------------------------------------------ derived sizes
     @property
     def num_patches(self) -> int:

@@ -898,7 +898,7 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
 
 class HiMTMCrossScaleHead(nn.Module):
     """CSA-FT: tokens of all hierarchies, projected to one width and tagged with a scale embedding, attend to each
-    other (every token sees every scale), then a flatten (or mean) + linear layer gives the horizon.
+    other across scales, then a flatten (or mean) + linear layer gives the horizon.
 
     With `csa_attention="local"` a token attends only to the tokens of all scales that cover the same coarsest-level
     span (a group of `2**K - 1` tokens for K hierarchies), which keeps the cost linear in the look-back; the
@@ -935,8 +935,10 @@ class HiMTMCrossScaleHead(nn.Module):
         tokens = torch.cat(
             [proj(f) + self.scale_embedding[i] for i, (proj, f) in enumerate(zip(self.projections, features))], dim=1
         )
-        if self.layers:
-            tokens = self._attend_locally(tokens, [f.shape[1] for f in features]) if self.local else self._attend(tokens)
+        if self.layers and self.local:
+            tokens = self._attend_locally(tokens, [f.shape[1] for f in features])  # same shape, scale-major order
+        elif self.layers:
+            tokens = self._attend(tokens)  # every token over all scales' tokens
         tokens = self.norm(tokens)
         pooled = tokens.flatten(1) if self.head_type == "flatten" else tokens.mean(dim=1)
         return self.projection(self.dropout(pooled))  # (series, prediction_length)

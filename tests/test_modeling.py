@@ -576,3 +576,20 @@ def test_mask_noise_decides_the_mask():
     assert torch.equal(a.mask.bool(), expected.repeat_interleave(cfg.num_patches // cfg.num_masking_units, -1))
     with pytest.raises(ValueError, match="mask_noise"):
         model(x, mask_noise=torch.rand(2, 3, cfg.num_masking_units + 1))
+
+
+def test_checkpoint_saved_before_csa_attention_existed_loads_with_global_attention(tmp_path):
+    """A forecaster saved before `csa_attention` existed was trained with global CSA-FT: it must load with that, not
+    with today's default, and give the forecasts it gave before."""
+    model = HiMTMForPrediction(tiny_config(csa_attention="global")).eval()
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["csa_attention"]  # what a config written before the field existed looks like
+    config_file.write_text(json.dumps(saved))
+    loaded = HiMTMForPrediction.from_pretrained(tmp_path).eval()
+    assert loaded.config.csa_attention == "global" and not loaded.head.local
+    x = batch(2)
+    torch.testing.assert_close(loaded(x).prediction_outputs, model(x).prediction_outputs)
+    assert HiMTMConfig().csa_attention == "local"  # new configs get the current default
+    assert AutoConfig.from_pretrained(tmp_path).csa_attention == "global"
