@@ -540,12 +540,12 @@ def _model_label(record: dict[str, Any]) -> str:
     runs with an older defaults set get a `[v<N>]` suffix (`HIMTM_DEFAULTS`)."""
     variant = record.get("variant")
     label = record["model"] if variant in (None, "full") else f"{record['model']}@{variant}"
-    version = himtm_defaults_version(record)
+    return _tag_defaults(label, himtm_defaults_version(record))
+
+
+def _tag_defaults(label: str, version: int | None) -> str:
+    """`label`, with ` [v<N>]` appended for a HiMTM run of an older defaults set."""
     return label if version in (None, HIMTM_DEFAULTS_VERSION) else f"{label} [v{version}]"
-
-
-def _variant_label(variant: str, version: int) -> str:
-    return variant if version == HIMTM_DEFAULTS_VERSION else f"{variant} [v{version}]"
 
 
 def _defaults_legend(records: list[dict[str, Any]], marked: bool = True) -> list[str]:
@@ -580,14 +580,15 @@ def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
                   "| variant | overrides | seeds | test MSE | test MAE |", "|---|---|---|---|---|"]
         by_variant: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
-            by_variant[(-himtm_defaults_version(r), r["variant"])].append(r)
+            by_variant[(himtm_defaults_version(r), r["variant"])].append(r)
         known = {v: i for i, v in enumerate(ABLATION_VARIANTS)}
-        for key in sorted(by_variant, key=lambda k: (k[0], known.get(k[1], len(known)), k[1])):
-            runs, variant = by_variant[key], key[1]
+        # newest defaults set first, then the variants in ABLATION_VARIANTS order
+        for version, variant in sorted(by_variant, key=lambda k: (-k[0], known.get(k[1], len(known)), k[1])):
+            runs = by_variant[(version, variant)]
             overrides = f"`{json.dumps(runs[0].get('overrides', {}))}`"
             if variant in NO_PRETRAIN_VARIANTS:
                 overrides += " (fine-tuned from a random initialisation: no pre-training)"
-            lines.append(f"| {_variant_label(variant, -key[0])} | {overrides} | {len(runs)} | "
+            lines.append(f"| {_tag_defaults(variant, version)} | {overrides} | {len(runs)} | "
                          f"{_mean_std([x['mse'] for x in runs])} | {_mean_std([x['mae'] for x in runs])} |")
         lines.append("")
     return lines

@@ -101,8 +101,9 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def measure_one(name: str, context_length: int, args: SpeedArguments) -> dict:
-    """Runs in a child process: times `repeats` train steps and inference passes, records peak memory."""
+def build_steps(name: str, context_length: int, args: SpeedArguments):
+    """The model of `name` on `args.device` with one batch, and its training step and inference pass (the same for
+    the timing and the memory measurement). Returns `(model, train_step, infer_step)`."""
     import torch
 
     torch.manual_seed(0)
@@ -116,10 +117,6 @@ def measure_one(name: str, context_length: int, args: SpeedArguments) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def train_step():
         model.train()
         with autocast:
@@ -132,6 +129,20 @@ def measure_one(name: str, context_length: int, args: SpeedArguments) -> dict:
         model.eval()
         with torch.no_grad(), autocast:
             model(past_values=x)
+
+    return model, train_step, infer_step
+
+
+def measure_one(name: str, context_length: int, args: SpeedArguments) -> dict:
+    """Runs in a child process: times `repeats` train steps and inference passes, records peak memory."""
+    import torch
+
+    device = torch.device(args.device)
+    model, train_step, infer_step = build_steps(name, context_length, args)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     results = {}
     for phase, step in (("train", train_step), ("inference", infer_step)):
@@ -165,15 +176,7 @@ def measure_memory_cpu(name: str, context_length: int, args: SpeedArguments) -> 
     one inference pass."""
     import gc
 
-    import torch
-
-    torch.manual_seed(0)
-    model = build_model(name, args, context_length)
-    x = torch.randn(args.batch_size, context_length, args.num_input_channels)
-    kwargs = {}
-    if name.endswith("prediction"):
-        kwargs["future_values"] = torch.randn(args.batch_size, args.prediction_length, args.num_input_channels)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    _, train_step, infer_step = build_steps(name, context_length, args)
 
     def growth(step) -> float:
         gc.collect()
@@ -181,17 +184,6 @@ def measure_memory_cpu(name: str, context_length: int, args: SpeedArguments) -> 
         _peak_rss_reset()
         step()
         return _peak_rss_mb() - baseline
-
-    def train_step():
-        model.train()
-        model(past_values=x, **kwargs).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def infer_step():
-        model.eval()
-        with torch.no_grad():
-            model(past_values=x)
 
     return {"train": growth(train_step), "inference": growth(infer_step)}
 
