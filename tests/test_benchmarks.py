@@ -103,3 +103,14 @@ def test_cpu_peak_memory_is_measured_reproducibly_in_a_child():
                      for _ in range(2))
     assert first["train"] > first["inference"] > 0
     assert abs(first["train"] - second["train"]) <= 0.05 * first["train"] + 1.0
+
+
+def test_cpu_lr_budget_differs_from_cpu_only_in_the_fine_tuning_learning_rate():
+    from dataclasses import asdict
+
+    from himtm_hf.benchmarking import budget_by_name
+
+    cpu, high = asdict(budget_by_name("cpu")), asdict(budget_by_name("cpu_lr1e-3"))
+    changed = {k for k in cpu if cpu[k] != high[k]}
+    assert changed == {"name", "finetune_learning_rate"}
+    assert high["finetune_learning_rate"] == 1e-3 > cpu["finetune_learning_rate"]
