@@ -77,6 +77,10 @@ BUDGETS: dict[str, Budget] = {
     # budget shows the comparison nearer convergence at the same cost. Everything else equals `cpu`.
     "cpu_lr1e-3": Budget("cpu_lr1e-3", 2, 2, batch_size=64, max_train_windows=4000, max_eval_windows=1000,
                          finetune_learning_rate=1e-3),
+    # `cpu_lr1e-3` with 4x the pre-training (8 epochs, ~500 steps): does each model's pre-training pay off when it
+    # has more than ~124 steps? (HiMTM's reconstruction loss is still falling at 500 steps; docs/results/NOTES.md).
+    "cpu_long": Budget("cpu_long", 8, 2, batch_size=64, max_train_windows=4000, max_eval_windows=1000,
+                       finetune_learning_rate=1e-3),
     # GPU: the whole train split, more epochs, early stopping.
     "full": Budget("full", 10, 10, batch_size=128, early_stopping_patience=3),
 }

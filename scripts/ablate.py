@@ -27,7 +27,7 @@ from himtm_hf.benchmarking import (
 class AblationArguments:
     """Settings of the ablation."""
 
-    budget: str = field(default="cpu", metadata={"help": "quick | cpu | cpu_lr1e-3 | full."})
+    budget: str = field(default="cpu", metadata={"help": "quick | cpu | cpu_lr1e-3 | cpu_long | full."})
     datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2"])
     variants: list[str] = field(default_factory=lambda: list(ABLATION_VARIANTS))
     horizon: int = 96

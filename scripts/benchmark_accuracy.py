@@ -22,7 +22,7 @@ from himtm_hf.benchmarking import MODELS, RESULTS_DIR, budget_by_name, regenerat
 class AccuracyArguments:
     """Settings of the accuracy benchmark."""
 
-    budget: str = field(default="cpu", metadata={"help": "quick | cpu | cpu_lr1e-3 | full (himtm_hf.benchmarking.BUDGETS)."})
+    budget: str = field(default="cpu", metadata={"help": "quick | cpu | cpu_lr1e-3 | cpu_long | full (himtm_hf.benchmarking.BUDGETS)."})
     datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather"])
     horizons: list[int] = field(default_factory=lambda: [96, 192, 336, 720])
     models: list[str] = field(default_factory=lambda: list(MODELS))

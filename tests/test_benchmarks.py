@@ -114,3 +114,13 @@ def test_cpu_lr_budget_differs_from_cpu_only_in_the_fine_tuning_learning_rate():
     changed = {k for k in cpu if cpu[k] != high[k]}
     assert changed == {"name", "finetune_learning_rate"}
     assert high["finetune_learning_rate"] == 1e-3 > cpu["finetune_learning_rate"]
+
+
+def test_cpu_long_budget_differs_from_cpu_lr_budget_only_in_pretraining_epochs():
+    from dataclasses import asdict
+
+    from himtm_hf.benchmarking import budget_by_name
+
+    short, long = asdict(budget_by_name("cpu_lr1e-3")), asdict(budget_by_name("cpu_long"))
+    assert {k for k in short if short[k] != long[k]} == {"name", "pretrain_epochs"}
+    assert long["pretrain_epochs"] == 4 * short["pretrain_epochs"]
