@@ -16,6 +16,7 @@ from transformers import HfArgumentParser
 
 from himtm_hf.benchmarking import (
     ABLATION_VARIANTS,
+    BUDGETS,
     RESULTS_DIR,
     budget_by_name,
     regenerate_results_md,
@@ -27,7 +28,7 @@ from himtm_hf.benchmarking import (
 class AblationArguments:
     """Settings of the ablation."""
 
-    budget: str = field(default="cpu", metadata={"help": "quick | cpu | cpu_lr1e-3 | cpu_long | full."})
+    budget: str = field(default="cpu", metadata={"help": " | ".join(BUDGETS) + " (himtm_hf.benchmarking.BUDGETS)."})
     datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2"])
     variants: list[str] = field(default_factory=lambda: list(ABLATION_VARIANTS))
     horizon: int = 96

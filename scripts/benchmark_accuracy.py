@@ -15,14 +15,21 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from himtm_hf.benchmarking import MODELS, RESULTS_DIR, budget_by_name, regenerate_results_md, run_accuracy
+from himtm_hf.benchmarking import (
+    BUDGETS,
+    MODELS,
+    RESULTS_DIR,
+    budget_by_name,
+    regenerate_results_md,
+    run_accuracy,
+)
 
 
 @dataclass
 class AccuracyArguments:
     """Settings of the accuracy benchmark."""
 
-    budget: str = field(default="cpu", metadata={"help": "quick | cpu | cpu_lr1e-3 | cpu_long | full (himtm_hf.benchmarking.BUDGETS)."})
+    budget: str = field(default="cpu", metadata={"help": " | ".join(BUDGETS) + " (himtm_hf.benchmarking.BUDGETS)."})
     datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather"])
     horizons: list[int] = field(default_factory=lambda: [96, 192, 336, 720])
     models: list[str] = field(default_factory=lambda: list(MODELS))
