@@ -388,6 +388,8 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "teacher_ema": {"teacher_type": "ema"},
     "teacher_masked_input": {"teacher_input": "masked"},
     "csa_global": {"csa_attention": "global"},
+    # PatchTST's fixed sine-cosine positions instead of learned ones (a random init barely moves in a short budget).
+    "pos_sincos": {"positional_encoding_type": "sincos"},
     # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, no
     # pre-training at all (the same architecture trained on the forecasting loss only), and the width of the
     # large-dataset configuration (PatchTST's self-supervised model is 128 wide on every dataset).

@@ -16,6 +16,7 @@ _TEACHERS = ("shared", "ema")
 _TEACHER_INPUTS = ("masked", "full")
 _HEAD_TYPES = ("flatten", "mean")
 _CSA_ATTENTIONS = ("global", "local")
+_POSITIONAL_ENCODINGS = ("learned", "sincos")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class HiMTMConfig(PretrainedConfig):
         dropout (`float`, defaults to 0.1): dropout on the residual branches of encoder and decoder blocks.
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
         positional_dropout (`float`, defaults to 0.0): dropout after adding positional embeddings.
+        positional_encoding_type (`str`, defaults to `"learned"`): position information of the finest-level patches.
+            `"learned"`: a trainable embedding per patch (random init). `"sincos"`: a fixed sine-cosine table
+            (centred, std 0.1, as PatchTST builds it), not trained, so positions are informative from step one.
         head_dropout (`float`, defaults to 0.0): dropout before the forecast projection.
         decoder_num_layers (`int`, defaults to 1): DED regressor layers (cross-self attention) per hierarchy.
         decoder_d_model (`int`, *optional*): DED width; `None` uses each hierarchy's own width.
@@ -136,6 +140,7 @@ class HiMTMConfig(PretrainedConfig):
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
         positional_dropout: float = 0.0,
+        positional_encoding_type: str = "learned",
         head_dropout: float = 0.0,
         decoder_num_layers: int = 1,
         decoder_d_model: int | None = None,
@@ -178,6 +183,7 @@ class HiMTMConfig(PretrainedConfig):
         self.dropout = dropout
         self.attention_dropout = attention_dropout
         self.positional_dropout = positional_dropout
+        self.positional_encoding_type = positional_encoding_type
         self.head_dropout = head_dropout
         self.decoder_num_layers = decoder_num_layers
         self.decoder_d_model = decoder_d_model
@@ -341,6 +347,11 @@ class HiMTMConfig(PretrainedConfig):
             )
         if self.csa_attention not in _CSA_ATTENTIONS:
             raise ValueError(f"`csa_attention` must be one of {_CSA_ATTENTIONS}, got {self.csa_attention!r}.")
+        if self.positional_encoding_type not in _POSITIONAL_ENCODINGS:
+            raise ValueError(
+                f"`positional_encoding_type` must be one of {_POSITIONAL_ENCODINGS}, got "
+                f"{self.positional_encoding_type!r}."
+            )
         if self.head_type not in _HEAD_TYPES:
             raise ValueError(f"`head_type` must be one of {_HEAD_TYPES}, got {self.head_type!r}.")
         for name in ("dropout", "attention_dropout", "positional_dropout", "head_dropout"):

@@ -18,6 +18,7 @@ This file is self-contained (relative imports only) so that `save_pretrained` ca
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -334,19 +335,37 @@ class HiMTMPatchMerging(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def sincos_position_table(num_positions: int, d_model: int) -> torch.Tensor:
+    """PatchTST's fixed sine-cosine table, centred and scaled to std 0.1: `(1, num_positions, d_model)`."""
+    position = torch.arange(num_positions, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
+    table = torch.zeros(num_positions, d_model)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
+    table = table - table.mean()
+    return (table / (table.std() * 10)).unsqueeze(0)
+
+
 class HiMTMPatchEmbedding(nn.Module):
-    """Linear patch embedding plus a learnable position embedding per finest-level patch."""
+    """Linear patch embedding plus a position embedding per finest-level patch: learned, or a fixed sine-cosine
+    table (`config.positional_encoding_type`); coarser hierarchies inherit positions through patch merging."""
 
     def __init__(self, config: HiMTMConfig):
         super().__init__()
         d_model = config.hierarchy_specs()[0].d_model
         self.projection = nn.Linear(config.patch_length, d_model)
-        self.position_embedding = nn.Parameter(torch.zeros(1, config.num_patches, d_model))
+        self.learned_positions = config.positional_encoding_type == "learned"
+        # A parameter either way (so checkpoints of both kinds hold the same key), trained only when learned.
+        self.position_embedding = nn.Parameter(
+            torch.zeros(1, config.num_patches, d_model), requires_grad=self.learned_positions
+        )
         self.dropout = nn.Dropout(config.positional_dropout)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         # (batch * channels, num_patches, patch_length) -> (batch * channels, num_patches, d_model)
-        return self.dropout(self.projection(patches) + self.position_embedding)
+        # Detached when fixed: loading or `requires_grad_` on the encoder may flip the flag; the table must not train.
+        positions = self.position_embedding if self.learned_positions else self.position_embedding.detach()
+        return self.dropout(self.projection(patches) + positions)
 
 
 class HiMTMHierarchy(nn.Module):
@@ -417,8 +436,10 @@ class HiMTMPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, HiMTMPatchEmbedding):
+        if isinstance(module, HiMTMPatchEmbedding) and module.learned_positions:
             init.normal_(module.position_embedding, mean=0.0, std=std)
+        elif isinstance(module, HiMTMPatchEmbedding):
+            init.copy_(module.position_embedding, sincos_position_table(*module.position_embedding.shape[1:]))
         elif isinstance(module, HiMTMDecoupledDecoder):
             for level in module.levels:
                 init.normal_(level.mask_query, mean=0.0, std=std)
@@ -979,6 +1000,8 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         """Linear probing switch: freezes (or unfreezes) the HMT encoder and records it in the config."""
         self.config.freeze_encoder = freeze
         self.model.requires_grad_(not freeze)
+        embedding = self.model.embedding
+        embedding.position_embedding.requires_grad_(embedding.learned_positions and not freeze)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> HiMTMForPrediction:

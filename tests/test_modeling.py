@@ -78,6 +78,7 @@ ABLATIONS = [
     {"csa_attention": "local"},
     {"csa_attention": "local", "num_hierarchies": 1, "d_model": 16, "num_layers": 2, "num_attention_heads": 2},
     {"head_type": "mean"},
+    {"positional_encoding_type": "sincos"},
     {"decoder_d_model": 8, "decoder_num_layers": 2},
     {"scaling": "mean"},
     {"scaling": None},
@@ -452,6 +453,7 @@ def test_bad_masks_and_targets_raise():
         ({"mask_ratio": 1.0}, "mask_ratio"),
         ({"teacher_type": "momentum"}, "teacher_type"),
         ({"csa_attention": "window"}, "csa_attention"),
+        ({"positional_encoding_type": "rope"}, "positional_encoding_type"),
         ({"scaling": "minmax"}, "scaling"),
         ({"prediction_loss_space": "scaled"}, "prediction_loss_space"),
         ({"num_hierarchies": 5}, "coarsest hierarchy would hold 1"),
@@ -593,3 +595,34 @@ def test_checkpoint_saved_before_csa_attention_existed_loads_with_global_attenti
     torch.testing.assert_close(loaded(x).prediction_outputs, model(x).prediction_outputs)
     assert HiMTMConfig().csa_attention == "local"  # new configs get the current default
     assert AutoConfig.from_pretrained(tmp_path).csa_attention == "global"
+
+
+def test_sincos_positions_are_patchtsts_table_and_never_train(tmp_path):
+    """`positional_encoding_type="sincos"` gives PatchTST's fixed table (centred, std 0.1); neither pre-training nor
+    fine-tuning (after loading, which resets `requires_grad`) changes it, and it survives save/load."""
+    from transformers import PatchTSTConfig
+    from transformers.models.patchtst.modeling_patchtst import PatchTSTPositionalEncoding
+
+    pretrain = HiMTMForPretraining(tiny_config(positional_encoding_type="sincos"))
+    table = pretrain.model.embedding.position_embedding
+    patchtst_config = PatchTSTConfig(d_model=table.shape[2], positional_encoding_type="sincos")
+    expected = PatchTSTPositionalEncoding._init_pe(patchtst_config, table.shape[1])
+    torch.testing.assert_close(table[0], expected.data)
+    learned = HiMTMForPretraining(tiny_config()).model.embedding.position_embedding
+    assert learned.requires_grad and not torch.allclose(learned[0], expected.data)
+
+    before = table.detach().clone()
+    optimizer = torch.optim.AdamW(pretrain.parameters(), lr=0.1, weight_decay=0.1)
+    pretrain(batch(4)).loss.backward()
+    optimizer.step()
+    torch.testing.assert_close(pretrain.model.embedding.position_embedding.detach(), before)
+
+    pretrain.save_pretrained(tmp_path)
+    forecaster = HiMTMForPrediction.from_pretrained(tmp_path)
+    forecaster.freeze_encoder(False)
+    assert not forecaster.model.embedding.position_embedding.requires_grad
+    forecaster.model.embedding.position_embedding.requires_grad_(True)  # even if a user flips it, it stays fixed
+    optimizer = torch.optim.AdamW(forecaster.parameters(), lr=0.1, weight_decay=0.1)
+    forecaster(batch(4), future_values=torch.randn(4, 8, 3)).loss.backward()
+    optimizer.step()
+    torch.testing.assert_close(forecaster.model.embedding.position_embedding.detach(), before)
