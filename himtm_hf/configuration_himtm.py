@@ -73,9 +73,11 @@ class HiMTMConfig(PretrainedConfig):
         dropout (`float`, defaults to 0.1): dropout on the residual branches of encoder and decoder blocks.
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
         positional_dropout (`float`, defaults to 0.0): dropout after adding positional embeddings.
-        positional_encoding_type (`str`, defaults to `"learned"`): position information of the finest-level patches.
-            `"learned"`: a trainable embedding per patch (random init). `"sincos"`: a fixed sine-cosine table
-            (centred, std 0.1, as PatchTST builds it), not trained, so positions are informative from step one.
+        positional_encoding_type (`str`, defaults to `"sincos"`): position information of the finest-level patches.
+            `"sincos"`: a fixed sine-cosine table (centred, std 0.1, as PatchTST builds it), informative from the
+            first step. `"learned"`: a trainable embedding per patch from a small random init (the default before
+            `sincos`, and what checkpoints saved without this field load with); at short budgets it forecasts
+            worse (docs/results/NOTES.md).
         head_dropout (`float`, defaults to 0.0): dropout before the forecast projection.
         decoder_num_layers (`int`, defaults to 1): DED regressor layers (cross-self attention) per hierarchy.
         decoder_d_model (`int`, *optional*): DED width; `None` uses each hierarchy's own width.
@@ -140,7 +142,7 @@ class HiMTMConfig(PretrainedConfig):
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
         positional_dropout: float = 0.0,
-        positional_encoding_type: str = "learned",
+        positional_encoding_type: str = "sincos",
         head_dropout: float = 0.0,
         decoder_num_layers: int = 1,
         decoder_d_model: int | None = None,
@@ -214,7 +216,7 @@ class HiMTMConfig(PretrainedConfig):
 
     # Fields added after checkpoints were already saved, with the value those checkpoints were trained with. A saved
     # config always holds every field, so a missing one means "saved before the field existed".
-    _FIELDS_ADDED_LATER = {"csa_attention": "global"}
+    _FIELDS_ADDED_LATER = {"csa_attention": "global", "positional_encoding_type": "learned"}
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):

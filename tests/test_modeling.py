@@ -78,7 +78,7 @@ ABLATIONS = [
     {"csa_attention": "local"},
     {"csa_attention": "local", "num_hierarchies": 1, "d_model": 16, "num_layers": 2, "num_attention_heads": 2},
     {"head_type": "mean"},
-    {"positional_encoding_type": "sincos"},
+    {"positional_encoding_type": "learned"},
     {"decoder_d_model": 8, "decoder_num_layers": 2},
     {"scaling": "mean"},
     {"scaling": None},
@@ -608,7 +608,8 @@ def test_sincos_positions_are_patchtsts_table_and_never_train(tmp_path):
     patchtst_config = PatchTSTConfig(d_model=table.shape[2], positional_encoding_type="sincos")
     expected = PatchTSTPositionalEncoding._init_pe(patchtst_config, table.shape[1])
     torch.testing.assert_close(table[0], expected.data)
-    learned = HiMTMForPretraining(tiny_config()).model.embedding.position_embedding
+    torch.testing.assert_close(HiMTMForPretraining(tiny_config()).model.embedding.position_embedding, table)
+    learned = HiMTMForPretraining(tiny_config(positional_encoding_type="learned")).model.embedding.position_embedding
     assert learned.requires_grad and not torch.allclose(learned[0], expected.data)
 
     before = table.detach().clone()
@@ -626,3 +627,20 @@ def test_sincos_positions_are_patchtsts_table_and_never_train(tmp_path):
     forecaster(batch(4), future_values=torch.randn(4, 8, 3)).loss.backward()
     optimizer.step()
     torch.testing.assert_close(forecaster.model.embedding.position_embedding.detach(), before)
+
+
+def test_checkpoint_saved_before_positional_encoding_type_existed_keeps_learned_positions(tmp_path):
+    """Checkpoints from before `positional_encoding_type` trained their positions: they load as `"learned"` (and go
+    on training them), not as today's fixed sine-cosine default."""
+    model = HiMTMForPrediction(tiny_config(positional_encoding_type="learned")).eval()
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["positional_encoding_type"]
+    config_file.write_text(json.dumps(saved))
+    loaded = HiMTMForPrediction.from_pretrained(tmp_path).eval()
+    assert loaded.config.positional_encoding_type == "learned"
+    assert loaded.model.embedding.learned_positions and loaded.model.embedding.position_embedding.requires_grad
+    x = batch(2)
+    torch.testing.assert_close(loaded(x).prediction_outputs, model(x).prediction_outputs)
+    assert HiMTMConfig().positional_encoding_type == "sincos"
