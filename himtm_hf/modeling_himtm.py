@@ -355,17 +355,18 @@ class HiMTMPatchEmbedding(nn.Module):
         d_model = config.hierarchy_specs()[0].d_model
         self.projection = nn.Linear(config.patch_length, d_model)
         self.learned_positions = config.positional_encoding_type == "learned"
-        # A parameter either way (so checkpoints of both kinds hold the same key), trained only when learned.
-        self.position_embedding = nn.Parameter(
-            torch.zeros(1, config.num_patches, d_model), requires_grad=self.learned_positions
-        )
+        positions = torch.zeros(1, config.num_patches, d_model)
+        if self.learned_positions:
+            self.position_embedding = nn.Parameter(positions)
+        else:
+            # A saved buffer, not a parameter: checkpoints of both kinds hold the same key, and no optimizer, DDP
+            # gradient reduction or `requires_grad_` (loading, freezing) ever treats the fixed table as trainable.
+            self.register_buffer("position_embedding", positions)
         self.dropout = nn.Dropout(config.positional_dropout)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         # (batch * channels, num_patches, patch_length) -> (batch * channels, num_patches, d_model)
-        # Detached when fixed: loading or `requires_grad_` on the encoder may flip the flag; the table must not train.
-        positions = self.position_embedding if self.learned_positions else self.position_embedding.detach()
-        return self.dropout(self.projection(patches) + positions)
+        return self.dropout(self.projection(patches) + self.position_embedding)
 
 
 class HiMTMHierarchy(nn.Module):
@@ -1000,8 +1001,6 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         """Linear probing switch: freezes (or unfreezes) the HMT encoder and records it in the config."""
         self.config.freeze_encoder = freeze
         self.model.requires_grad_(not freeze)
-        embedding = self.model.embedding
-        embedding.position_embedding.requires_grad_(embedding.learned_positions and not freeze)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> HiMTMForPrediction:

@@ -619,6 +619,11 @@ def test_sincos_positions_are_patchtsts_table_and_never_train(tmp_path):
     torch.testing.assert_close(pretrain.model.embedding.position_embedding.detach(), before)
 
     pretrain.save_pretrained(tmp_path)
+    # Loaded back, it is still no parameter: DDP (find_unused_parameters=False) would fail on a trainable tensor
+    # that never gets a gradient.
+    reloaded = HiMTMForPretraining.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.model.embedding.position_embedding, before)
+    assert all("position_embedding" not in name for name, _ in reloaded.model.embedding.named_parameters())
     forecaster = HiMTMForPrediction.from_pretrained(tmp_path)
     forecaster.freeze_encoder(False)
     assert not forecaster.model.embedding.position_embedding.requires_grad
