@@ -649,7 +649,8 @@ def _speed_section(folder: Path) -> list[str]:
         lines += [f"### {data['device_name']} ({data['budget']}), commit {data['git_commit']}", "",
                   f"Command: `{data['command']}`; batch {data['arguments']['batch_size']}, "
                   f"{data['arguments']['num_input_channels']} channels, d_model {data['arguments']['d_model']}, "
-                  f"total depth {data['arguments']['total_depth']}, median of {data['arguments']['repeats']}. "
+                  f"total depth {data['arguments']['total_depth']}, median of {data['arguments']['repeats']}"
+                  f"{_speed_execution(data['arguments'])}. "
                   f"HiMTM defaults set v{int(data.get('himtm_defaults', 0))}. {_memory_method(data)}", "",
                   "| kind | L | train throughput ratio | inference throughput ratio | train peak memory ratio |",
                   "|---|---|---|---|---|"]
@@ -668,9 +669,22 @@ def _speed_section(folder: Path) -> list[str]:
     return lines
 
 
+def _speed_execution(arguments: dict[str, Any]) -> str:
+    """How the models ran, where it differs from plain float32 eager mode (older records lack the fields)."""
+    parts = []
+    if arguments.get("dtype", "float32") != "float32":
+        parts.append(f"{arguments['dtype']} autocast")
+    if arguments.get("compile", "none") != "none":
+        parts.append(f"every model under `torch.compile(mode={arguments['compile']!r})`")
+    return "".join(f", {p}" for p in parts)
+
+
 def _memory_method(data: dict[str, Any]) -> str:
     if data["device"] == "cuda":
         return "Peak memory: `torch.cuda.max_memory_allocated`."
+    if all(r.get("memory_method") == "rss_growth_step_after_compile_fixed_mmap_threshold" for r in data["rows"]):
+        return ("Peak memory: RSS growth of one training step / inference pass after the compiling warm-up step, "
+                "measured in a child with a fixed mmap threshold.")
     if all(r.get("memory_method") for r in data["rows"]):
         return ("Peak memory: RSS growth of the first training step / one inference pass, measured in a child with a "
                 "fixed mmap threshold (reproducible to ~0.1 MB).")

@@ -139,7 +139,9 @@ def _check_values(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validates a `(batch, length, channels)` series and its observed mask; returns float values and mask.
 
-    Non-finite values are allowed only where the observed mask is 0; they are replaced by 0 there.
+    Non-finite values are allowed only where the observed mask is 0; they are replaced by 0 there. The value checks
+    read tensor contents on the host, so under `torch.compile` (which cannot trace them without a graph break) they
+    are skipped: the shape checks still run, and non-finite values at observed positions then reach the output.
     """
     if not torch.is_tensor(values):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape (batch, {length}, {num_channels}), got {type(values)}.")
@@ -163,8 +165,9 @@ def _check_values(
         )
     if not values.is_floating_point():
         values = values.float()
+    check_values = not torch.compiler.is_compiling()
     if observed_mask is None:
-        if not torch.isfinite(values).all():
+        if check_values and not torch.isfinite(values).all():
             raise ValueError(
                 f"`{name}` contains NaN or inf values. Pass `{mask_name}` with 0 at missing positions (the model "
                 "then ignores them), or fill them before calling the model."
@@ -177,7 +180,7 @@ def _check_values(
         )
     observed_mask = observed_mask.to(values.dtype)
     finite = torch.isfinite(values)
-    if not finite[observed_mask.bool()].all():
+    if check_values and not finite[observed_mask.bool()].all():
         raise ValueError(
             f"`{name}` has NaN or inf values at positions that `{mask_name}` marks as observed; set the mask to 0 "
             "there."
@@ -582,10 +585,15 @@ def mask_at_level(patch_mask: torch.Tensor, level: int) -> torch.Tensor:
     return patch_mask[:, :: 2**level]
 
 
-def split_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted visible and masked positions of a mask with the same masked count per row."""
+def split_indices(mask: torch.Tensor, num_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted visible and masked positions of a mask with the same masked count per row.
+
+    Pass `num_masked` when it is known from the config: counting it from the mask is a host sync (and a graph break
+    under `torch.compile`).
+    """
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, each group in time order
-    num_masked = int(mask[0].sum())
+    if num_masked is None:
+        num_masked = int(mask[0].sum())
     return order[:, : mask.shape[1] - num_masked], order[:, mask.shape[1] - num_masked :]
 
 
@@ -849,10 +857,12 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         if mask_noise is not None:
             mask_noise = mask_noise.to(patches.device).reshape(num_series, -1)
         patch_mask = hierarchical_random_mask(num_series, config, patches.device, noise=mask_noise)  # (series, N)
-        visible_index, masked_index = split_indices(patch_mask)
+        # Every series has the same number of masked patches, known from the config (no host sync to count them).
+        masked_patches = config.num_masked_units * (config.num_patches // config.num_masking_units)
+        visible_index, masked_index = split_indices(patch_mask, masked_patches)
         num_levels = config.effective_num_hierarchies
         level_masks = [mask_at_level(patch_mask, i) for i in range(num_levels)]
-        level_indices = [split_indices(m) for m in level_masks]
+        level_indices = [split_indices(m, masked_patches // 2**i) for i, m in enumerate(level_masks)]
 
         predicted, hidden_states = self._student_features(
             patches, patch_mask, visible_index, masked_index, level_indices, output_hidden_states

@@ -49,6 +49,9 @@ class SpeedArguments:
     warmup: int = 2
     repeats: int = 5
     dtype: str = field(default="float32", metadata={"help": "'float32' or 'bfloat16' (autocast, CUDA)."})
+    compile: str = field(default="none", metadata={"help": "'none', or a torch.compile mode applied to every model "
+                                                           "alike: 'default', 'reduce-overhead' (CUDA graphs), "
+                                                           "'max-autotune'. Compilation happens in the warm-up."})
     output_dir: str = str(ROOT / "docs" / "results" / "speed")
     in_process: bool = field(default=False, metadata={"help": "Measure every pair in this process (CPU peak memory "
                                                               "is then only indicative); always on for CUDA."})
@@ -115,12 +118,14 @@ def build_steps(name: str, context_length: int, args: SpeedArguments):
         kwargs["future_values"] = torch.randn(args.batch_size, args.prediction_length, args.num_input_channels,
                                               device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # Compiled or not, the timed call is the same module call; train and eval mode compile to separate graphs.
+    forward = model if args.compile == "none" else torch.compile(model, mode=args.compile)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
     def train_step():
         model.train()
         with autocast:
-            loss = model(past_values=x, **kwargs).loss
+            loss = forward(past_values=x, **kwargs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -128,7 +133,7 @@ def build_steps(name: str, context_length: int, args: SpeedArguments):
     def infer_step():
         model.eval()
         with torch.no_grad(), autocast:
-            model(past_values=x)
+            forward(past_values=x)
 
     return model, train_step, infer_step
 
@@ -177,6 +182,9 @@ def measure_memory_cpu(name: str, context_length: int, args: SpeedArguments) -> 
     import gc
 
     _, train_step, infer_step = build_steps(name, context_length, args)
+    if args.compile != "none":  # measure a step, not the compiler: compile first (the AdamW state then exists too)
+        train_step()
+        infer_step()
 
     def growth(step) -> float:
         gc.collect()
@@ -204,7 +212,22 @@ def _device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+def check_arguments(args: SpeedArguments) -> None:
+    """Fails early, naming the bad value and the allowed ones."""
+    if args.compile not in COMPILE_MODES:
+        raise ValueError(f"--compile {args.compile!r} is not a torch.compile mode this benchmark knows; use one of "
+                         f"{', '.join(COMPILE_MODES)}.")
+    if args.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype {args.dtype!r} is not supported; use 'float32' or 'bfloat16'.")
+    if args.device not in ("cpu", "cuda"):
+        raise ValueError(f"--device {args.device!r} is not supported; use 'cpu' or 'cuda'.")
+
+
 def main(args: SpeedArguments) -> dict:
+    check_arguments(args)
     if args.budget == "quick":
         args.context_lengths = [128, 256]
         args.batch_size = min(args.batch_size, 4)
@@ -225,7 +248,8 @@ def main(args: SpeedArguments) -> dict:
                 memory = _run_child("--_memory_child", name, context_length, args, MEMORY_CHILD_ENV)
                 for phase in ("train", "inference"):
                     record[phase]["peak_memory_mb"] = memory[phase]
-                record["memory_method"] = "rss_growth_first_step_fixed_mmap_threshold"
+                record["memory_method"] = ("rss_growth_first_step_fixed_mmap_threshold" if args.compile == "none"
+                                           else "rss_growth_step_after_compile_fixed_mmap_threshold")
             rows.append({"model": name, "context_length": context_length, **record})
             print(f"{name:22s} L={context_length:5d} train {record['train']['windows_per_s']:9.1f} win/s  "
                   f"infer {record['inference']['windows_per_s']:9.1f} win/s  "
@@ -240,7 +264,8 @@ def main(args: SpeedArguments) -> dict:
         "rows": rows, "summary": summary, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(args.output_dir) / f"{args.device}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    compiled = "" if args.compile == "none" else f"-compile_{args.compile}"
+    path = Path(args.output_dir) / f"{args.device}-{args.budget}{compiled}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(out, indent=2))
     print(format_summary(summary))
     print(f"wrote {path}")

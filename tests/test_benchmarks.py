@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_FIELDS = {"dataset", "prediction_length", "model", "mse", "mae", "budget", "seed", "finetune_epochs",
                  "wall_time_s", "device", "git_commit", "command"}
@@ -89,15 +91,20 @@ def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(t
     assert text.count("HiMTM defaults sets") == 2
 
 
-def test_cpu_peak_memory_is_measured_reproducibly_in_a_child():
-    """The CPU memory child (fixed mmap threshold) gives the same numbers twice and sees a training step (activations,
-    gradients, optimiser state) use more than an inference pass."""
+def _speed_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("benchmark_speed", ROOT / "scripts" / "benchmark_speed.py")
     speed = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = speed  # dataclasses look their module up there
     spec.loader.exec_module(speed)
+    return speed
+
+
+def test_cpu_peak_memory_is_measured_reproducibly_in_a_child():
+    """The CPU memory child (fixed mmap threshold) gives the same numbers twice and sees a training step (activations,
+    gradients, optimiser state) use more than an inference pass."""
+    speed = _speed_module()
     args = speed.SpeedArguments(batch_size=8, d_model=32, num_heads=4, ffn_dim=64)
     first, second = (speed._run_child("--_memory_child", "himtm_prediction", 512, args, speed.MEMORY_CHILD_ENV)
                      for _ in range(2))
@@ -124,3 +131,11 @@ def test_cpu_long_budget_differs_from_cpu_lr_budget_only_in_pretraining_epochs()
     short, long = asdict(budget_by_name("cpu_lr1e-3")), asdict(budget_by_name("cpu_long"))
     assert {k for k in short if short[k] != long[k]} == {"name", "pretrain_epochs"}
     assert long["pretrain_epochs"] == 4 * short["pretrain_epochs"]
+
+
+@pytest.mark.parametrize(("field", "value", "allowed"), [("compile", "fast", "reduce-overhead"),
+                                                         ("dtype", "float16", "bfloat16"), ("device", "gpu", "cuda")])
+def test_speed_arguments_are_checked_before_any_model_is_built(field, value, allowed):
+    speed = _speed_module()
+    with pytest.raises(ValueError, match=f"{value}.*{allowed}"):
+        speed.check_arguments(speed.SpeedArguments(**{field: value}))

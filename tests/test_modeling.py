@@ -649,3 +649,25 @@ def test_checkpoint_saved_before_positional_encoding_type_existed_keeps_learned_
     x = batch(2)
     torch.testing.assert_close(loaded(x).prediction_outputs, model(x).prediction_outputs)
     assert HiMTMConfig().positional_encoding_type == "sincos"
+
+
+# ------------------------------------------------------------------------------------------------------ torch.compile
+
+
+@pytest.mark.parametrize("model_class", [HiMTMForPrediction, HiMTMForPretraining])
+def test_forward_traces_into_one_graph_and_matches_eager(model_class):
+    """`fullgraph=True` fails on any graph break: a host sync in the forward pass (counting masked tokens, checking
+    values) would split the step and rule out CUDA graphs, the fix for HiMTM's kernel-launch-bound GPU steps at
+    short look-backs. The `eager` backend traces with Dynamo without compiling kernels, so this stays fast on CPU."""
+    torch._dynamo.reset()
+    cfg = tiny_config(dropout=0.0, attention_dropout=0.0)
+    model = model_class(cfg).eval()
+    x = batch(cfg=cfg)
+    kwargs = {"future_values": torch.randn(4, cfg.prediction_length, 3)} if model_class is HiMTMForPrediction else {
+        "mask_noise": torch.rand(4, 3, cfg.num_masking_units)}
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    eager_out, compiled_out = model(past_values=x, **kwargs), compiled(past_values=x, **kwargs)
+    torch.testing.assert_close(compiled_out.loss, eager_out.loss)
+    compiled_out.loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and n.startswith("model."))
+
