@@ -17,6 +17,7 @@ _TEACHER_INPUTS = ("masked", "full")
 _HEAD_TYPES = ("flatten", "mean")
 _CSA_ATTENTIONS = ("global", "local")
 _POSITIONAL_ENCODINGS = ("learned", "sincos")
+_FORECAST_HEAD_INITS = ("normal", "zeros")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ class HiMTMConfig(PretrainedConfig):
             `sincos`, and what checkpoints saved without this field load with); at short budgets it forecasts
             worse (docs/results/NOTES.md).
         head_dropout (`float`, defaults to 0.0): dropout before the forecast projection.
+        forecast_head_init (`str`, defaults to `"normal"`): initial weights of the forecast projection (the flatten
+            layer of CSA-FT). `"normal"`: std `initializer_range` like every other linear layer; flattening ~56
+            layer-normed tokens through it starts fine-tuning from random forecasts of ~1.8 standard deviations.
+            `"zeros"`: a fresh head forecasts each channel's look-back mean (the instance normalisation's `loc`).
+            Which is better depends on the data (docs/results/NOTES.md, point (10)): zeros fits faster, which helped
+            on ETTm1 and over-fitted ETTh1 / ETTh2 at the `cpu` budget.
         decoder_num_layers (`int`, defaults to 1): DED regressor layers (cross-self attention) per hierarchy.
         decoder_d_model (`int`, *optional*): DED width; `None` uses each hierarchy's own width.
         decoder_num_attention_heads (`int`, defaults to 8): heads of the DED layers.
@@ -144,6 +151,7 @@ class HiMTMConfig(PretrainedConfig):
         positional_dropout: float = 0.0,
         positional_encoding_type: str = "sincos",
         head_dropout: float = 0.0,
+        forecast_head_init: str = "normal",
         decoder_num_layers: int = 1,
         decoder_d_model: int | None = None,
         decoder_num_attention_heads: int = 8,
@@ -187,6 +195,7 @@ class HiMTMConfig(PretrainedConfig):
         self.positional_dropout = positional_dropout
         self.positional_encoding_type = positional_encoding_type
         self.head_dropout = head_dropout
+        self.forecast_head_init = forecast_head_init
         self.decoder_num_layers = decoder_num_layers
         self.decoder_d_model = decoder_d_model
         self.decoder_num_attention_heads = decoder_num_attention_heads
@@ -353,6 +362,10 @@ class HiMTMConfig(PretrainedConfig):
             raise ValueError(
                 f"`positional_encoding_type` must be one of {_POSITIONAL_ENCODINGS}, got "
                 f"{self.positional_encoding_type!r}."
+            )
+        if self.forecast_head_init not in _FORECAST_HEAD_INITS:
+            raise ValueError(
+                f"`forecast_head_init` must be one of {_FORECAST_HEAD_INITS}, got {self.forecast_head_init!r}."
             )
         if self.head_type not in _HEAD_TYPES:
             raise ValueError(f"`head_type` must be one of {_HEAD_TYPES}, got {self.head_type!r}.")

@@ -450,6 +450,10 @@ class HiMTMPreTrainedModel(PreTrainedModel):
                 init.normal_(level.position_embedding, mean=0.0, std=std)
         elif isinstance(module, HiMTMCrossScaleHead):
             init.normal_(module.scale_embedding, mean=0.0, std=std)
+        elif isinstance(module, HiMTMForecastProjection) and self.config.forecast_head_init == "zeros":
+            # After the generic Linear init above: start from the look-back-mean forecast, not random ones.
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, HiMTMForPretraining) and module.mask_token is not None:
             init.normal_(module.mask_token, mean=0.0, std=std)
         elif isinstance(module, HiMTMSelfDistillation) and module.teacher_initialized is not None:
@@ -928,6 +932,11 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class HiMTMForecastProjection(nn.Linear):
+    """The flatten (or pooled) features -> horizon layer of CSA-FT; its own class so that `_init_weights` can give it
+    `config.forecast_head_init` (with `"zeros"` a fresh head forecasts the look-back mean)."""
+
+
 class HiMTMCrossScaleHead(nn.Module):
     """CSA-FT: tokens of all hierarchies, projected to one width and tagged with a scale embedding, attend to each
     other across scales, then a flatten (or mean) + linear layer gives the horizon.
@@ -960,7 +969,7 @@ class HiMTMCrossScaleHead(nn.Module):
         num_tokens = sum(s.num_tokens for s in specs)
         in_features = num_tokens * width if self.head_type == "flatten" else width
         self.dropout = nn.Dropout(config.head_dropout)
-        self.projection = nn.Linear(in_features, config.prediction_length)
+        self.projection = HiMTMForecastProjection(in_features, config.prediction_length)
 
     def forward(self, features: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
         # features[i]: (series, num_tokens_i, d_i) -> tokens: (series, sum_i num_tokens_i, d_0)

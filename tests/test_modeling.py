@@ -79,6 +79,7 @@ ABLATIONS = [
     {"csa_attention": "local", "num_hierarchies": 1, "d_model": 16, "num_layers": 2, "num_attention_heads": 2},
     {"head_type": "mean"},
     {"positional_encoding_type": "learned"},
+    {"forecast_head_init": "zeros"},
     {"decoder_d_model": 8, "decoder_num_layers": 2},
     {"scaling": "mean"},
     {"scaling": None},
@@ -94,12 +95,16 @@ def test_every_variant_builds_and_trains_a_step(overrides):
     y = torch.randn(4, cfg.prediction_length, cfg.num_input_channels)
     for model, kwargs in ((HiMTMForPretraining(cfg), {}), (HiMTMForPrediction(cfg), {"future_values": y})):
         model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        # No weight decay, so a changed weight means a gradient reached it. Two steps: a forecast head that starts at
+        # zero (`forecast_head_init="zeros"`) passes the encoder its first gradient in the second step.
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        out = model(x, **kwargs)
-        assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-        out.loss.backward()
-        optimizer.step()
+        for _ in range(2):
+            out = model(x, **kwargs)
+            assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
         if isinstance(model, HiMTMForPretraining):
             model.update_teacher()
             n = cfg.effective_num_hierarchies
@@ -454,6 +459,7 @@ def test_bad_masks_and_targets_raise():
         ({"teacher_type": "momentum"}, "teacher_type"),
         ({"csa_attention": "window"}, "csa_attention"),
         ({"positional_encoding_type": "rope"}, "positional_encoding_type"),
+        ({"forecast_head_init": "xavier"}, "forecast_head_init"),
         ({"scaling": "minmax"}, "scaling"),
         ({"prediction_loss_space": "scaled"}, "prediction_loss_space"),
         ({"num_hierarchies": 5}, "coarsest hierarchy would hold 1"),
@@ -649,6 +655,31 @@ def test_checkpoint_saved_before_positional_encoding_type_existed_keeps_learned_
     x = batch(2)
     torch.testing.assert_close(loaded(x).prediction_outputs, model(x).prediction_outputs)
     assert HiMTMConfig().positional_encoding_type == "sincos"
+
+
+def test_zero_forecast_head_forecasts_the_look_back_mean_and_then_learns(tmp_path):
+    """`forecast_head_init="zeros"`: a new head, and the head of a forecaster built from a pre-training checkpoint,
+    forecast each channel's look-back mean; one step moves the head off it and a second reaches the encoder. The
+    default `"normal"` keeps the generic init."""
+    x = batch(4) * 3 + 5
+    fresh = HiMTMForPrediction(tiny_config(forecast_head_init="zeros"))
+    HiMTMForPretraining(tiny_config(forecast_head_init="zeros")).save_pretrained(tmp_path)
+    transferred = HiMTMForPrediction.from_pretrained(tmp_path)
+    for model in (fresh, transferred):
+        assert torch.count_nonzero(model.head.projection.weight) == 0
+        forecast = model.eval()(x).prediction_outputs
+        torch.testing.assert_close(forecast, x.mean(dim=1, keepdim=True).expand_as(forecast))
+    optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3, weight_decay=0.0)
+    embedding = fresh.model.embedding.projection.weight.detach().clone()
+    for step in range(2):
+        fresh.train()(x, future_values=torch.randn(4, 8, 3)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert torch.count_nonzero(fresh.head.projection.weight) > 0
+        assert torch.equal(fresh.model.embedding.projection.weight, embedding) == (step == 0)
+    assert HiMTMConfig().forecast_head_init == "normal"
+    normal = HiMTMForPrediction(tiny_config()).head.projection.weight
+    assert 0.01 < normal.std().item() < 0.03  # initializer_range 0.02
 
 
 # ------------------------------------------------------------------------------------------------------ torch.compile
