@@ -677,6 +677,9 @@ def test_zero_forecast_head_forecasts_the_look_back_mean_and_then_learns(tmp_pat
         optimizer.zero_grad()
         assert torch.count_nonzero(fresh.head.projection.weight) > 0
         assert torch.equal(fresh.model.embedding.projection.weight, embedding) == (step == 0)
+    fresh.save_pretrained(tmp_path / "trained")  # loading keeps a trained head: the init only fills missing weights
+    torch.testing.assert_close(HiMTMForPrediction.from_pretrained(tmp_path / "trained").head.projection.weight,
+                               fresh.head.projection.weight)
     assert HiMTMConfig().forecast_head_init == "normal"
     normal = HiMTMForPrediction(tiny_config()).head.projection.weight
     assert 0.01 < normal.std().item() < 0.03  # initializer_range 0.02
