@@ -85,7 +85,7 @@ class HiMTMConfig(PretrainedConfig):
             layer-normed tokens through it starts fine-tuning from random forecasts of ~1.8 standard deviations.
             `"zeros"`: a fresh head forecasts each channel's look-back mean (the instance normalisation's `loc`).
             Which is better depends on the data (docs/results/NOTES.md, point (10)): zeros fits faster, which helped
-            on ETTm1 and over-fitted ETTh1 / ETTh2 at the `cpu` budget.
+            on ETTm1, over-fitted ETTh2 and was mixed on ETTh1 at the `cpu` budget.
         decoder_num_layers (`int`, defaults to 1): DED regressor layers (cross-self attention) per hierarchy.
         decoder_d_model (`int`, *optional*): DED width; `None` uses each hierarchy's own width.
         decoder_num_attention_heads (`int`, defaults to 8): heads of the DED layers.
