@@ -684,7 +684,7 @@ def _speed_execution(arguments: dict[str, Any]) -> str:
 def _memory_method(data: dict[str, Any]) -> str:
     if data["device"] == "cuda":
         return "Peak memory: `torch.cuda.max_memory_allocated`."
-    if all(r.get("memory_method") == "rss_growth_step_after_compile_fixed_mmap_threshold" for r in data["rows"]):
+    if data["arguments"].get("compile", "none") != "none":
         return ("Peak memory: RSS growth of one training step / inference pass after the compiling warm-up step, "
                 "measured in a child with a fixed mmap threshold.")
     if all(r.get("memory_method") for r in data["rows"]):

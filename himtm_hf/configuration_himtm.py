@@ -255,6 +255,11 @@ class HiMTMConfig(PretrainedConfig):
         """Masked coarse units per series: `round(mask_ratio * num_masking_units)`, at least 1 and at most all but 1."""
         return min(max(1, round(self.mask_ratio * self.num_masking_units)), self.num_masking_units - 1)
 
+    @property
+    def num_masked_patches(self) -> int:
+        """Masked finest-level patches per series (every masked coarse unit covers the same number of patches)."""
+        return self.num_masked_units * (self.num_patches // self.num_masking_units)
+
     def hierarchy_specs(self) -> list[HierarchySpec]:
         """Per-hierarchy sizes after broadcasting ints and applying the `use_hmt` ablation."""
         n = self.num_hierarchies

@@ -589,15 +589,13 @@ def mask_at_level(patch_mask: torch.Tensor, level: int) -> torch.Tensor:
     return patch_mask[:, :: 2**level]
 
 
-def split_indices(mask: torch.Tensor, num_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted visible and masked positions of a mask with the same masked count per row.
+def split_indices(mask: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted visible and masked positions of a mask with `num_masked` masked tokens in every row.
 
-    Pass `num_masked` when it is known from the config: counting it from the mask is a host sync (and a graph break
-    under `torch.compile`).
+    The count comes from the config (`num_masked_patches`): counting it from the mask would be a host sync (and a
+    graph break under `torch.compile`).
     """
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, each group in time order
-    if num_masked is None:
-        num_masked = int(mask[0].sum())
     return order[:, : mask.shape[1] - num_masked], order[:, mask.shape[1] - num_masked :]
 
 
@@ -861,12 +859,10 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         if mask_noise is not None:
             mask_noise = mask_noise.to(patches.device).reshape(num_series, -1)
         patch_mask = hierarchical_random_mask(num_series, config, patches.device, noise=mask_noise)  # (series, N)
-        # Every series has the same number of masked patches, known from the config (no host sync to count them).
-        masked_patches = config.num_masked_units * (config.num_patches // config.num_masking_units)
-        visible_index, masked_index = split_indices(patch_mask, masked_patches)
+        visible_index, masked_index = split_indices(patch_mask, config.num_masked_patches)
         num_levels = config.effective_num_hierarchies
         level_masks = [mask_at_level(patch_mask, i) for i in range(num_levels)]
-        level_indices = [split_indices(m, masked_patches // 2**i) for i, m in enumerate(level_masks)]
+        level_indices = [split_indices(m, config.num_masked_patches // 2**i) for i, m in enumerate(level_masks)]
 
         predicted, hidden_states = self._student_features(
             patches, patch_mask, visible_index, masked_index, level_indices, output_hidden_states

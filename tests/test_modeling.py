@@ -181,8 +181,9 @@ def test_shared_teacher_receives_no_gradient():
     mask = hierarchical_random_mask(6, cfg, patches.device)
     from himtm_hf.modeling_himtm import split_indices
 
-    _, masked_index = split_indices(mask)
-    level_masked = [split_indices(mask_at_level(mask, i))[1] for i in range(3)]
+    assert (mask.sum(dim=1) == cfg.num_masked_patches).all()
+    _, masked_index = split_indices(mask, cfg.num_masked_patches)
+    level_masked = [split_indices(mask_at_level(mask, i), cfg.num_masked_patches // 2**i)[1] for i in range(3)]
     targets = model.hsd.targets(model.model, patches, mask, masked_index, level_masked)
     assert all(not t.requires_grad and t.grad_fn is None for t in targets)
     # a backward through the distillation-only loss leaves the teacher path without gradient: the loss
