@@ -337,6 +337,43 @@ def test_generic_loop_trains_patchtst(tmp_path):
     np.testing.assert_allclose(out["targets"][0], splits.test[0]["future_values"].numpy())
 
 
+@pytest.mark.parametrize("is_pretraining", [True, False])
+def test_torch_compile_trains_like_eager(tmp_path, is_pretraining):
+    """`--torch_compile` trains through `torch.compile` (Accelerate's dynamo plugin) and otherwise changes nothing:
+    the same losses and weights as an eager run, an eager model back (no `_orig_mod.` keys). The `eager` backend
+    runs Dynamo's tracing without compiling kernels, so this stays fast on CPU."""
+    from himtm_hf.modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    splits = load_splits("ETTh1", context_length=L, prediction_length=H)
+    model_class = HiMTMForPretraining if is_pretraining else HiMTMForPrediction
+    results = {}
+    for name, extra in (("eager", {}), ("compiled", {"torch_compile_backend": "eager"})):
+        args = TrainArguments(output_dir=str(tmp_path / name), max_steps=3, per_device_train_batch_size=8,
+                              max_train_windows=32, max_eval_windows=16, logging_steps=1, disable_tqdm=True,
+                              use_cpu=True, seed=3, **extra)
+        torch.manual_seed(0)
+        results[name] = train_model(model_class(tiny_config(dropout=0.1)), splits.train, splits.val, args,
+                                    is_pretraining=is_pretraining)
+    assert sum(torch._dynamo.utils.counters["stats"].values()) > 0  # Dynamo traced the compiled run's steps
+    compiled = results["compiled"].model
+    assert type(compiled) is model_class and not any("_orig_mod" in k for k in compiled.state_dict())
+    train_losses = {n: [r["loss"] for r in r_.history if r["split"] == "train"] for n, r_ in results.items()}
+    np.testing.assert_allclose(train_losses["compiled"], train_losses["eager"], rtol=1e-5)
+    for key, value in results["eager"].model.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_compile_arguments():
+    assert TrainArguments(torch_compile_mode="reduce-overhead").torch_compile  # a mode or backend implies it
+    assert not TrainArguments().torch_compile
+    with pytest.raises(ValueError, match="--torch_compile_mode must be one of default, reduce-overhead"):
+        TrainArguments(torch_compile_mode="fast")
+    with pytest.raises(ValueError, match="--torch_compile_backend must be one of inductor, eager"):
+        TrainArguments(torch_compile_backend="tensorrt")
+
+
 def test_main_job_tiny(tmp_path, capsys):
     args = MainJobArguments(output_dir=str(tmp_path / "job"), context_length=L, prediction_length=H, patch_length=8,
                             num_hierarchies=2, d_model="16", ffn_dim="32", num_attention_heads=2, pretrain_steps=3,

@@ -32,6 +32,8 @@ from transformers import HfArgumentParser
 from ..configuration_himtm import HiMTMConfig
 
 __all__ = [
+    "COMPILE_BACKENDS",
+    "COMPILE_MODES",
     "DataArguments",
     "EvaluateArguments",
     "FinetuneArguments",
@@ -47,6 +49,11 @@ SHARED_WITH_DATA = ("context_length", "prediction_length")
 """ModelArguments fields that are set by the same flag as the DataArguments field of the same name."""
 
 _NONE_STRINGS = ("none", "null", "~", "")
+
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+"""`--torch_compile_backend` values: torch's built-in backends (others need extra packages)."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""`--torch_compile_mode` values (`torch.compile(mode=...)`)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -308,8 +315,29 @@ class TrainArguments:
         default=False, metadata={"help": "DistributedDataParallel find_unused_parameters."}
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+    # Named as in `transformers.TrainingArguments`.
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "Train through torch.compile (validation and the saved model stay eager). Implied by "
+                          "--torch_compile_backend or --torch_compile_mode."},
+    )
+    torch_compile_backend: str | None = field(
+        default=None, metadata={"help": f"torch.compile backend: {', '.join(COMPILE_BACKENDS)} (default inductor)."}
+    )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata={"help": f"torch.compile mode: {', '.join(COMPILE_MODES)} (reduce-overhead = CUDA graphs)."},
+    )
 
     def __post_init__(self) -> None:
+        if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
+            self.torch_compile = True
+        if self.torch_compile_backend is not None and self.torch_compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"--torch_compile_backend must be one of {', '.join(COMPILE_BACKENDS)}; "
+                             f"got {self.torch_compile_backend!r}.")
+        if self.torch_compile_mode is not None and self.torch_compile_mode not in COMPILE_MODES:
+            raise ValueError(f"--torch_compile_mode must be one of {', '.join(COMPILE_MODES)}; "
+                             f"got {self.torch_compile_mode!r}.")
         checks = {
             "per_device_train_batch_size": self.per_device_train_batch_size >= 1,
             "per_device_eval_batch_size": self.per_device_eval_batch_size >= 1,

@@ -37,6 +37,7 @@ from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
+    is_compiled_module,
 )
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
@@ -636,7 +637,16 @@ def train_model(
         betas=(train_args.adam_beta1, train_args.adam_beta2), eps=train_args.adam_epsilon,
     )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    unwrapped = accelerator.unwrap_model(model)
+    if train_args.torch_compile and not is_compiled_module(model):
+        # Compiled here rather than through Accelerate's TorchDynamoPlugin: that plugin lives in the process-wide
+        # AcceleratorState, so the first Accelerator of a process would decide for every later run in it.
+        mode = {"mode": train_args.torch_compile_mode} if train_args.torch_compile_mode else {}
+        model = torch.compile(model, backend=train_args.torch_compile_backend or "inductor", **mode)
+    # The eager module (also under `accelerate launch --dynamo_backend`): validation, best-weights snapshots and the
+    # returned model never go through torch.compile (its state-dict keys would carry `_orig_mod.` and validation
+    # batches of another size would trigger recompiles).
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    compiled = is_compiled_module(model)
 
     micro_per_epoch = len(train_loader)
     if micro_per_epoch == 0:
@@ -743,6 +753,9 @@ def train_model(
                 )
                 if noise is not None:
                     inputs["mask_noise"] = noise
+                if compiled:
+                    # Marks a new iteration for CUDA graphs (mode reduce-overhead); a no-op counter otherwise.
+                    torch.compiler.cudagraph_mark_step_begin()
                 sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(model)
                 with sync:
                     outputs = model(**inputs)
