@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_himtm import HiMTMConfig
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -998,6 +1000,36 @@ class HiMTMCrossScaleHead(nn.Module):
         return torch.cat([g.reshape(series, n, width) for g, n in zip(groups, counts)], dim=1)
 
 
+def _checkpoint_architecture(pretrained_model_name_or_path, kwargs: dict) -> str | None:
+    """The class a checkpoint was saved from (`config.json`'s `architectures`), read with the caller's Hub options;
+    None when unknown (a config object passed in, no `architectures`, or the config cannot be read here: then
+    `from_pretrained` itself reports the problem)."""
+    if pretrained_model_name_or_path is None or isinstance(kwargs.get("config"), HiMTMConfig):
+        return None
+    hub = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+    try:
+        config_dict, _ = HiMTMConfig.get_config_dict(pretrained_model_name_or_path,
+                                                     **{k: kwargs[k] for k in hub if k in kwargs})
+    except (OSError, ValueError):
+        return None
+    architectures = config_dict.get("architectures") or []
+    return architectures[0] if len(architectures) == 1 else None
+
+
+class _HeadOnlyReportFilter:
+    """Holds back transformers' load report of `class_name` (logged once per `from_pretrained`) for a look first."""
+
+    def __init__(self, class_name: str):
+        self.prefix, self.held = f"{class_name} LOAD REPORT", None
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        if self.prefix in message and self.held is None:
+            self.held = message
+            return False
+        return True
+
+
 class HiMTMForPrediction(HiMTMPreTrainedModel):
     """HiMTM forecaster: HMT encoder on the full look-back, CSA-FT head, forecasts in original units."""
 
@@ -1025,10 +1057,38 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus: from a pre-training (or bare encoder) checkpoint the forecast head is
+        new by design, so instead of transformers' load report listing every head tensor as MISSING this logs one line
+        saying so (`output_loading_info` still lists them). Anything else amiss (a missing encoder weight, unexpected
+        or mismatched tensors, a forecaster without head weights) keeps the full report."""
+        source = _checkpoint_architecture(pretrained_model_name_or_path, kwargs)
+        if source not in ("HiMTMForPretraining", "HiMTMModel"):
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+        else:
+            want_info = bool(kwargs.pop("output_loading_info", False))
+            report = _HeadOnlyReportFilter(cls.__name__)
+            transformers_logger = logging.get_logger("transformers.modeling_utils")
+            transformers_logger.addFilter(report)
+            try:
+                model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                      **kwargs)
+            finally:
+                transformers_logger.removeFilter(report)
+            expected = all(k.startswith("head.") for k in info["missing_keys"]) and not any(
+                info[k] for k in ("unexpected_keys", "mismatched_keys", "error_msgs") if k in info)
+            if not expected:
+                if report.held:
+                    transformers_logger.warning(report.held)  # something besides the new head: the full report
+            else:
+                logger.warning(
+                    f"HiMTMForPrediction from the {source} checkpoint {pretrained_model_name_or_path}: pre-trained "
+                    f"encoder loaded, new CSA-FT forecast head (prediction_length={model.config.prediction_length}, "
+                    f"forecast_head_init={model.config.forecast_head_init!r}); fine-tune it before forecasting."
+                )
+            loaded = (model, info) if want_info else model
         # Loading replaces parameters after `__init__`, which resets `requires_grad`; re-apply the config's choice.
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.freeze_encoder(model.config.freeze_encoder)
         return loaded
 

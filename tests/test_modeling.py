@@ -342,6 +342,42 @@ def test_pretraining_to_prediction_transfer_loads_every_encoder_weight(tmp_path)
     assert probe.head.projection.weight.grad is not None
 
 
+def test_new_head_from_a_pretraining_checkpoint_is_one_log_line_not_a_missing_report(tmp_path, caplog):
+    """From a pre-training checkpoint the head is new by design: one line says so instead of transformers' table of
+    ~20 MISSING head tensors. A forecaster checkpoint that lacks head weights still gets the full report."""
+    from safetensors.torch import load_file, save_file
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as hf_logging
+
+    transformers_logger = hf_logging.get_logger("transformers.modeling_utils")
+    HiMTMForPretraining(tiny_config()).save_pretrained(tmp_path / "pre")
+    with CaptureLogger(transformers_logger) as captured, caplog.at_level("WARNING"):
+        model, info = HiMTMForPrediction.from_pretrained(tmp_path / "pre", output_loading_info=True)
+    assert "LOAD REPORT" not in captured.out
+    assert "from the HiMTMForPretraining checkpoint" in caplog.text and "new CSA-FT forecast head" in caplog.text
+    assert info["missing_keys"] and all(k.startswith("head.") for k in info["missing_keys"])  # still reported here
+    assert isinstance(model, HiMTMForPrediction)
+
+    HiMTMForPrediction(tiny_config()).save_pretrained(tmp_path / "pred")
+    weights = tmp_path / "pred" / "model.safetensors"
+    kept = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("head.projection")}
+    save_file(kept, str(weights), metadata={"format": "pt"})
+    caplog.clear()
+    with CaptureLogger(transformers_logger) as captured, caplog.at_level("WARNING"):
+        HiMTMForPrediction.from_pretrained(tmp_path / "pred")
+    assert "LOAD REPORT" in captured.out and "head.projection.weight" in captured.out
+    assert "new CSA-FT forecast head" not in caplog.text
+    # A pre-training checkpoint that lacks an encoder weight: the full report, no "encoder loaded" line.
+    weights = tmp_path / "pre" / "model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if k != "model.embedding.position_embedding"},
+              str(weights), metadata={"format": "pt"})
+    caplog.clear()
+    with CaptureLogger(transformers_logger) as captured, caplog.at_level("WARNING"):
+        HiMTMForPrediction.from_pretrained(tmp_path / "pre")
+    assert "LOAD REPORT" in captured.out and "model.embedding.position_embedding" in captured.out
+    assert "new CSA-FT forecast head" not in caplog.text
+
+
 def test_transfer_to_another_channel_count(tmp_path):
     pre = HiMTMForPretraining(tiny_config())
     pre.save_pretrained(tmp_path)
