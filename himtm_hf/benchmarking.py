@@ -394,6 +394,8 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "pos_learned": {"positional_encoding_type": "learned"},
     # The forecast projection starts at zero (a fresh head forecasts the look-back mean) instead of random weights.
     "head_init_zeros": {"forecast_head_init": "zeros"},
+    # Both: on ETTm1 the HSD losses kept the 124-step pre-training's reconstruction at the mean (NOTES point (11)).
+    "no_hsd_head_init_zeros": {"use_hsd": False, "forecast_head_init": "zeros"},
     # Dropout before the forecast projection (the flatten head holds most of the forecaster's parameters).
     "head_dropout_0.3": {"head_dropout": 0.3},
     # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, no
