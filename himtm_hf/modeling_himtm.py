@@ -1000,34 +1000,28 @@ class HiMTMCrossScaleHead(nn.Module):
         return torch.cat([g.reshape(series, n, width) for g, n in zip(groups, counts)], dim=1)
 
 
-def _checkpoint_architecture(pretrained_model_name_or_path, kwargs: dict) -> str | None:
-    """The class a checkpoint was saved from (`config.json`'s `architectures`), read with the caller's Hub options;
-    None when unknown (a config object passed in, no `architectures`, or the config cannot be read here: then
-    `from_pretrained` itself reports the problem)."""
-    if pretrained_model_name_or_path is None or isinstance(kwargs.get("config"), HiMTMConfig):
-        return None
-    hub = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
-    try:
-        config_dict, _ = HiMTMConfig.get_config_dict(pretrained_model_name_or_path,
-                                                     **{k: kwargs[k] for k in hub if k in kwargs})
-    except (OSError, ValueError):
-        return None
-    architectures = config_dict.get("architectures") or []
-    return architectures[0] if len(architectures) == 1 else None
-
-
-class _HeadOnlyReportFilter:
-    """Holds back transformers' load report of `class_name` (logged once per `from_pretrained`) for a look first."""
+class _HeldLoadReport:
+    """Holds back transformers' load report of `class_name` during a `from_pretrained` and logs it at the end unless
+    `expected` was set (an exception always releases it: transformers' error then points at "the above report")."""
 
     def __init__(self, class_name: str):
-        self.prefix, self.held = f"{class_name} LOAD REPORT", None
+        self.prefix, self.held, self.expected = f"{class_name} LOAD REPORT", None, False
+        self.logger = logging.get_logger("transformers.modeling_utils")
 
     def filter(self, record) -> bool:
-        message = record.getMessage()
-        if self.prefix in message and self.held is None:
-            self.held = message
+        if self.held is None and self.prefix in record.getMessage():
+            self.held = record.getMessage()
             return False
         return True
+
+    def __enter__(self) -> _HeldLoadReport:
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.logger.removeFilter(self)
+        if self.held and (exc_type is not None or not self.expected):
+            self.logger.warning(self.held)
 
 
 class HiMTMForPrediction(HiMTMPreTrainedModel):
@@ -1062,35 +1056,25 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         new by design, so instead of transformers' load report listing every head tensor as MISSING this logs one line
         saying so (`output_loading_info` still lists them). Anything else amiss (a missing encoder weight, unexpected
         or mismatched tensors, a forecaster without head weights) keeps the full report."""
-        source = _checkpoint_architecture(pretrained_model_name_or_path, kwargs)
-        if source not in ("HiMTMForPretraining", "HiMTMModel"):
-            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            model = loaded[0] if isinstance(loaded, tuple) else loaded
-        else:
-            want_info = bool(kwargs.pop("output_loading_info", False))
-            report = _HeadOnlyReportFilter(cls.__name__)
-            transformers_logger = logging.get_logger("transformers.modeling_utils")
-            transformers_logger.addFilter(report)
-            try:
-                model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                                      **kwargs)
-            finally:
-                transformers_logger.removeFilter(report)
-            expected = all(k.startswith("head.") for k in info["missing_keys"]) and not any(
-                info[k] for k in ("unexpected_keys", "mismatched_keys", "error_msgs") if k in info)
-            if not expected:
-                if report.held:
-                    transformers_logger.warning(report.held)  # something besides the new head: the full report
-            else:
-                logger.warning(
-                    f"HiMTMForPrediction from the {source} checkpoint {pretrained_model_name_or_path}: pre-trained "
-                    f"encoder loaded, new CSA-FT forecast head (prediction_length={model.config.prediction_length}, "
-                    f"forecast_head_init={model.config.forecast_head_init!r}); fine-tune it before forecasting."
-                )
-            loaded = (model, info) if want_info else model
+        want_info = bool(kwargs.pop("output_loading_info", False))
+        with _HeldLoadReport(cls.__name__) as report:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+            source = (model.config.architectures or [None])[0]  # the class the checkpoint was saved from
+            report.expected = (
+                source in ("HiMTMForPretraining", "HiMTMModel")
+                and all(k.startswith("head.") for k in info["missing_keys"])
+                and not any(info[k] for k in ("unexpected_keys", "mismatched_keys", "error_msgs") if k in info)
+            )
+        if report.expected:
+            logger.warning(
+                f"HiMTMForPrediction from the {source} checkpoint {pretrained_model_name_or_path}: pre-trained "
+                f"encoder loaded, new CSA-FT forecast head (prediction_length={model.config.prediction_length}, "
+                f"forecast_head_init={model.config.forecast_head_init!r}); fine-tune it before forecasting."
+            )
         # Loading replaces parameters after `__init__`, which resets `requires_grad`; re-apply the config's choice.
         model.freeze_encoder(model.config.freeze_encoder)
-        return loaded
+        return (model, info) if want_info else model
 
     def forward(
         self,

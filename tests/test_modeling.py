@@ -376,6 +376,11 @@ def test_new_head_from_a_pretraining_checkpoint_is_one_log_line_not_a_missing_re
         HiMTMForPrediction.from_pretrained(tmp_path / "pre")
     assert "LOAD REPORT" in captured.out and "model.embedding.position_embedding" in captured.out
     assert "new CSA-FT forecast head" not in caplog.text
+    # A failing load from a pre-training checkpoint (a shape override that does not fit) still shows the report its
+    # error points to.
+    with CaptureLogger(transformers_logger) as captured, pytest.raises(RuntimeError, match="above report"):
+        HiMTMForPrediction.from_pretrained(tmp_path / "pre", ffn_dim=64)
+    assert "LOAD REPORT" in captured.out and "MISMATCH" in captured.out
 
 
 def test_transfer_to_another_channel_count(tmp_path):

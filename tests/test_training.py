@@ -339,7 +339,7 @@ def test_generic_loop_trains_patchtst(tmp_path):
 
 @pytest.mark.parametrize("is_pretraining", [True, False])
 def test_torch_compile_trains_like_eager(tmp_path, is_pretraining):
-    """`--torch_compile` trains through `torch.compile` (Accelerate's dynamo plugin) and otherwise changes nothing:
+    """`--torch_compile` trains through `torch.compile` (applied by the loop) and otherwise changes nothing:
     the same losses and weights as an eager run, an eager model back (no `_orig_mod.` keys). The `eager` backend
     runs Dynamo's tracing without compiling kernels, so this stays fast on CPU."""
     from himtm_hf.modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
