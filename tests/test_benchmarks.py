@@ -91,6 +91,36 @@ def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(t
     assert text.count("HiMTM defaults sets") == 2
 
 
+def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_default_runs(tmp_path):
+    """The table at the top of results.md: per horizon the seeds are averaged first, then the horizons; a model that
+    misses a horizon of the dataset, a HiMTM variant and a run of an older defaults set stay out of it."""
+    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+
+    results = tmp_path / "results"
+    common = {"budget": "cpu", "budget_detail": {"name": "cpu"}, "device": "CPU", "device_kind": "cpu",
+              "git_commit": "abc", "command": "cmd", "mae": 0.5}
+    current = {"model": "himtm", "himtm_defaults": HIMTM_DEFAULTS_VERSION}
+    runs = [  # (dataset, horizon, seed, model fields, mse)
+        ("ETTh1", 96, 1, current, 0.30), ("ETTh1", 96, 2, current, 0.34), ("ETTh1", 192, 1, current, 0.40),
+        ("ETTh1", 96, 1, {"model": "patchtst_supervised"}, 0.40), ("ETTh1", 192, 1, {"model": "patchtst_supervised"},
+                                                                    0.40),
+        ("ETTh1", 96, 1, {"model": "patchtst_selfsupervised"}, 0.30),  # no H = 192: not complete
+        ("ETTh1", 96, 3, {**current, "variant": "no_hsd"}, 0.01), ("ETTh1", 192, 3, {**current, "variant": "no_hsd"},
+                                                                  0.01),
+        ("ETTh1", 96, 4, {"model": "himtm"}, 0.01), ("ETTh1", 192, 4, {"model": "himtm"}, 0.01),  # defaults set v0
+        ("ETTh2", 96, 1, {"model": "patchtst_supervised"}, 0.20),  # no HiMTM run: no row
+    ]
+    for dataset, horizon, seed, fields, mse in runs:
+        write_record(results, "accuracy", {**common, "dataset": dataset, "prediction_length": horizon, "seed": seed,
+                                           **fields, "mse": mse})
+    text = regenerate_results_md(results, tmp_path / "results.md").read_text()
+    head = text[: text.index("## Accuracy")]
+    # HiMTM: H=96 mean(0.30, 0.34) = 0.32, H=192 0.40 -> 0.36 over seeds {1, 2}; supervised 0.40; ratio 0.9
+    assert "| `cpu` | CPU | ETTh1 | 96/192 | 0.3600 (2) | 0.4000 (1) | – | 0.900 (met) | – |" in head
+    assert "## At a glance" in head and "ETTh2" not in head
+    assert text.count("| `cpu` | CPU |") == 1
+
+
 def _speed_module():
     import importlib.util
 
