@@ -2,8 +2,16 @@
 # The GPU benchmark session: one short, prepared run on a single CUDA device.
 # Each step has its own time limit so a slow step cannot starve the others; every run writes its JSON record as soon
 # as it finishes, and everything is packed into $RESULTS_OUT/results.tgz at the end.
-#   RESULTS_OUT=/tmp/gpu HIMTM_DATA_DIR=/path/to/data bash scripts/gpu_benchmarks.sh
+#   RESULTS_OUT=/tmp/gpu HIMTM_DATA_DIR=/path/to/data HIMTM_GIT_COMMIT=$(git rev-parse --short HEAD) \
+#     bash scripts/gpu_benchmarks.sh
+# On a machine without `datasets` / `evaluate` (or without network), install them from wheels downloaded beforehand.
 # Budgets and limits can be changed through the environment (a local smoke check: *_BUDGET=quick SPEED_DEVICE=cpu).
+#
+# Default order = what only a GPU can still give (docs/results/NOTES.md): the speed table of the current model, eager
+# and under torch.compile + CUDA graphs at L = 512 (the missed H200 target), then the `full` budget, all three models
+# per dataset, smallest datasets first, as far as its limit reaches (~2.5 min per ETTh dataset on an H200). The
+# `cpu`-budget protocol, the ablation and the transfer matrix are complete on the CPU; set T_ACC, T_ABL or T_TRANSFER
+# (seconds) to rerun them here as well.
 set -u
 OUT_DIR="${RESULTS_OUT:-outputs/gpu_benchmarks}"
 R="$OUT_DIR/results"
@@ -18,24 +26,28 @@ step() {  # step <seconds> <log name> <command...>
   timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
   echo "   exit $? at $(date +%T)"; grep -E "MSE|mse|win/s|wrote|Error" "$OUT_DIR/$name.log" | tail -40
 }
-step "${T_ACC:-130}" acc_$ACC_BUDGET python scripts/benchmark_accuracy.py --budget "$ACC_BUDGET" --datasets ETTh1 ETTh2 \
-  --results_dir "$R" --work_dir /tmp/work_acc
-step "${T_ABL:-150}" ablation python scripts/ablate.py --budget "$ACC_BUDGET" --datasets ETTh1 --seeds 1 2 \
-  --results_dir "$R" --work_dir /tmp/work_abl
-# The transfer matrix is complete on the CPU (docs/results.md); set T_TRANSFER to rerun it here.
-if [ -n "${T_TRANSFER:-}" ]; then
-  step "$T_TRANSFER" transfer python scripts/transfer.py --budget "$TRANSFER_BUDGET" \
-    --pairs ETTh2:ETTh1 ETTm1:ETTh1 weather:ETTh1 --protocols finetune linear_probe --fractions 0.05 0.1 1.0 \
-    --results_dir "$R/transfer" --work_dir /tmp/work_transfer
-fi
 step "${T_SPEED:-50}" speed python scripts/benchmark_speed.py --budget "$SPEED_BUDGET" --device "$SPEED_DEVICE" \
   --batch_size 64 --output_dir "$R/speed"
 # L = 512, where eager HiMTM is launch-bound on the H200: every model under torch.compile with CUDA graphs.
 step "${T_SPEED_COMPILE:-120}" speed_compiled python scripts/benchmark_speed.py --budget "$SPEED_BUDGET" \
   --device "$SPEED_DEVICE" --batch_size 64 --context_lengths 512 --warmup 3 --compile reduce-overhead \
   --output_dir "$R/speed"
-step "${T_FULL:-90}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
+step "${T_FULL:-330}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
   --datasets ETTh1 ETTh2 ETTm1 ETTm2 weather --results_dir "$R" --work_dir /tmp/work_full
+# Optional reruns of what the CPU already has (off unless their limit is set).
+if [ -n "${T_ACC:-}" ]; then
+  step "$T_ACC" acc_$ACC_BUDGET python scripts/benchmark_accuracy.py --budget "$ACC_BUDGET" --datasets ETTh1 ETTh2 \
+    --results_dir "$R" --work_dir /tmp/work_acc
+fi
+if [ -n "${T_ABL:-}" ]; then
+  step "$T_ABL" ablation python scripts/ablate.py --budget "$ACC_BUDGET" --datasets ETTh1 --seeds 1 2 \
+    --results_dir "$R" --work_dir /tmp/work_abl
+fi
+if [ -n "${T_TRANSFER:-}" ]; then
+  step "$T_TRANSFER" transfer python scripts/transfer.py --budget "$TRANSFER_BUDGET" \
+    --pairs ETTh2:ETTh1 ETTm1:ETTh1 weather:ETTh1 --protocols finetune linear_probe --fractions 0.05 0.1 1.0 \
+    --results_dir "$R/transfer" --work_dir /tmp/work_transfer
+fi
 tar czf "$OUT_DIR/results.tgz" -C "$OUT_DIR" results
 for f in "$OUT_DIR"/*.log; do echo "##### $f"; tail -c 300000 "$f"; done > "$OUT_DIR/all_logs.txt"
 rm -f "$OUT_DIR"/*.log
