@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from himtm_hf.training.arguments import COMPILE_MODES as TRAINING_COMPILE_MODES
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("himtm_prediction", "patchtst_prediction", "himtm_pretraining", "patchtst_pretraining")
 
@@ -50,8 +52,9 @@ class SpeedArguments:
     repeats: int = 5
     dtype: str = field(default="float32", metadata={"help": "'float32' or 'bfloat16' (autocast, CUDA)."})
     compile: str = field(default="none", metadata={"help": "'none', or a torch.compile mode applied to every model "
-                                                           "alike: 'default', 'reduce-overhead' (CUDA graphs), "
-                                                           "'max-autotune'. Compilation happens in the warm-up."})
+                                                           "alike: " + ", ".join(map(repr, TRAINING_COMPILE_MODES))
+                                                           + " ('reduce-overhead' = CUDA graphs). Compilation happens "
+                                                           "in the warm-up."})
     output_dir: str = str(ROOT / "docs" / "results" / "speed")
     in_process: bool = field(default=False, metadata={"help": "Measure every pair in this process (CPU peak memory "
                                                               "is then only indicative); always on for CUDA."})
@@ -212,7 +215,8 @@ def _device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+# "none" (eager) plus the torch.compile modes the training scripts accept (`--torch_compile_mode`).
+COMPILE_MODES = ("none", *TRAINING_COMPILE_MODES)
 
 
 def check_arguments(args: SpeedArguments) -> None:
