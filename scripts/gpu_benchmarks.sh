@@ -5,7 +5,9 @@
 #   RESULTS_OUT=/tmp/gpu HIMTM_DATA_DIR=/path/to/data HIMTM_GIT_COMMIT=$(git rev-parse --short HEAD) \
 #     bash scripts/gpu_benchmarks.sh
 # On a machine without `datasets` / `evaluate` (or without network), install them from wheels downloaded beforehand.
-# Budgets and limits can be changed through the environment (a local smoke check: *_BUDGET=quick SPEED_DEVICE=cpu).
+# Budgets, limits and the full budget's datasets can be changed through the environment; a step whose limit is 0 is
+# skipped. tests/test_scripts.py smoke-runs this file on the CPU with SPEED_BUDGET=quick SPEED_DEVICE=cpu
+# FULL_BUDGET=quick FULL_DATASETS=ETTh1 T_SPEED_COMPILE=0.
 #
 # Default order = what only a GPU can still give (docs/results/NOTES.md): the speed table of the current model, eager
 # and under torch.compile + CUDA graphs at L = 512 (the missed H200 target), then the `full` budget, all three models
@@ -19,9 +21,12 @@ mkdir -p "$R"
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 ACC_BUDGET="${ACC_BUDGET:-cpu}" FULL_BUDGET="${FULL_BUDGET:-full}" TRANSFER_BUDGET="${TRANSFER_BUDGET:-cpu}"
 SPEED_BUDGET="${SPEED_BUDGET:-full}" SPEED_DEVICE="${SPEED_DEVICE:-cuda}"
+WORK="${WORK_ROOT:-/tmp}"  # checkpoints of the runs (not packed)
+read -r -a FULL_DATASETS <<< "${FULL_DATASETS:-ETTh1 ETTh2 ETTm1 ETTm2 weather}"
 (nvidia-smi --query-gpu=name,memory.total --format=csv || true) > "$OUT_DIR/gpu.txt" 2>&1
 step() {  # step <seconds> <log name> <command...>
   local limit=$1 name=$2; shift 2
+  if [ "$limit" = 0 ]; then echo "== $name skipped (limit 0)"; return; fi  # `timeout 0` would mean no limit at all
   echo "== $(date +%T) $name (limit ${limit}s)"
   timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
   echo "   exit $? at $(date +%T)"; grep -E "MSE|mse|win/s|wrote|Error" "$OUT_DIR/$name.log" | tail -40
@@ -33,20 +38,20 @@ step "${T_SPEED_COMPILE:-120}" speed_compiled python scripts/benchmark_speed.py 
   --device "$SPEED_DEVICE" --batch_size 64 --context_lengths 512 --warmup 3 --compile reduce-overhead \
   --output_dir "$R/speed"
 step "${T_FULL:-330}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
-  --datasets ETTh1 ETTh2 ETTm1 ETTm2 weather --results_dir "$R" --work_dir /tmp/work_full
+  --datasets "${FULL_DATASETS[@]}" --results_dir "$R" --work_dir "$WORK/work_full"
 # Optional reruns of what the CPU already has (off unless their limit is set).
 if [ -n "${T_ACC:-}" ]; then
   step "$T_ACC" acc_$ACC_BUDGET python scripts/benchmark_accuracy.py --budget "$ACC_BUDGET" --datasets ETTh1 ETTh2 \
-    --results_dir "$R" --work_dir /tmp/work_acc
+    --results_dir "$R" --work_dir "$WORK/work_acc"
 fi
 if [ -n "${T_ABL:-}" ]; then
   step "$T_ABL" ablation python scripts/ablate.py --budget "$ACC_BUDGET" --datasets ETTh1 --seeds 1 2 \
-    --results_dir "$R" --work_dir /tmp/work_abl
+    --results_dir "$R" --work_dir "$WORK/work_abl"
 fi
 if [ -n "${T_TRANSFER:-}" ]; then
   step "$T_TRANSFER" transfer python scripts/transfer.py --budget "$TRANSFER_BUDGET" \
     --pairs ETTh2:ETTh1 ETTm1:ETTh1 weather:ETTh1 --protocols finetune linear_probe --fractions 0.05 0.1 1.0 \
-    --results_dir "$R/transfer" --work_dir /tmp/work_transfer
+    --results_dir "$R/transfer" --work_dir "$WORK/work_transfer"
 fi
 tar czf "$OUT_DIR/results.tgz" -C "$OUT_DIR" results
 for f in "$OUT_DIR"/*.log; do echo "##### $f"; tail -c 300000 "$f"; done > "$OUT_DIR/all_logs.txt"

@@ -159,3 +159,26 @@ def test_profile_step_reports_attention_share(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPTS / "profile_step.py"), "--model", "classifier"],
                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
     assert bad.returncode != 0 and "--model must be 'prediction' or 'pretraining'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_session_script_runs_its_steps_and_packs_the_records(tmp_path):
+    """`scripts/gpu_benchmarks.sh` is only ever run on a lent GPU, where a broken flag would cost device minutes: run
+    it on the CPU at the quick budgets (the compiled speed step skipped by its 0 limit) and check what it packs."""
+    import tarfile
+
+    out = tmp_path / "gpu"
+    env = {**_env(), "RESULTS_OUT": str(out), "WORK_ROOT": str(tmp_path / "work"), "SPEED_BUDGET": "quick",
+           "SPEED_DEVICE": "cpu", "FULL_BUDGET": "quick", "FULL_DATASETS": "ETTh1", "T_SPEED_COMPILE": "0",
+           "T_SPEED": "400", "T_FULL": "400"}
+    result = subprocess.run(["bash", str(SCRIPTS / "gpu_benchmarks.sh")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "speed_compiled skipped" in result.stdout
+    assert result.stdout.count("   exit 0 at") == 2, result.stdout  # speed, then the accuracy step
+    with tarfile.open(out / "results.tgz") as archive:
+        names = archive.getnames()
+    records = [n for n in names if n.startswith("results/accuracy/") and n.endswith(".json")]
+    assert len(records) == 12  # ETTh1 x 4 horizons x 3 models
+    assert any(n.startswith("results/speed/cpu-quick-") for n in names)
+    assert "##### " in (out / "all_logs.txt").read_text() and not list(out.glob("*.log"))
