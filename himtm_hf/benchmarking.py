@@ -475,12 +475,12 @@ def regenerate_results_md(results_dir: Path = RESULTS_DIR, output: Path | None =
              "`docs/results/`; do not edit by hand. Every table names the command, budget, device and commit that "
              "produced its numbers. MSE/MAE are on the standardised test split (train-split statistics), every test "
              "window unless the budget says otherwise (`quick` caps them).", ""]
+    accuracy = _load_records(results_dir, "accuracy")
+    # The headline first: without it a reader has to find the current model's averages in the long tables below.
+    lines += _scoreboard_section(accuracy)
     notes = results_dir / "NOTES.md"
     if notes.is_file():  # hand-written reading of the numbers: what was seen, why, what changed since
         lines += [notes.read_text().strip(), ""]
-    accuracy = _load_records(results_dir, "accuracy")
-    # The headline first: without it a reader has to find the current model's averages in the long tables below.
-    lines[4:4] = _scoreboard_section(accuracy)
     lines += _accuracy_section(accuracy)
     lines += _ablation_section(_load_records(results_dir, "ablation"))
     lines += _transfer_section(_load_records(results_dir, "transfer"))
