@@ -497,17 +497,25 @@ def _accuracy_groups(records: list[dict[str, Any]]) -> list[tuple[str, list[dict
     return [(budget, rows) for (budget, _device_kind), rows in sorted(groups.items())]
 
 
+def _dataset_horizons(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Every horizon seen per dataset in `rows` (by any model): what a model must have run to get an average."""
+    horizons: dict[str, set[int]] = defaultdict(set)
+    for r in rows:
+        horizons[r["dataset"]].add(r["prediction_length"])
+    return {dataset: sorted(hs) for dataset, hs in sorted(horizons.items())}
+
+
 def _horizon_averages(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, list[int]]]:
     """`(dataset, model label) -> (average MSE, seeds)` for every label that has each horizon of that dataset
     seen in `rows`: a horizon's MSE is first averaged over its seeds, then the horizons are averaged."""
     table: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         table[(r["dataset"], _model_label(r))][r["prediction_length"]].append(r)
-    horizons = {d: {r["prediction_length"] for r in rows if r["dataset"] == d} for d in {r["dataset"] for r in rows}}
+    horizons = _dataset_horizons(rows)
     return {
         (dataset, label): (float(np.mean([np.mean([x["mse"] for x in runs]) for runs in by_h.values()])),
                            sorted({x["seed"] for runs in by_h.values() for x in runs}))
-        for (dataset, label), by_h in table.items() if set(by_h) == horizons[dataset]
+        for (dataset, label), by_h in table.items() if sorted(by_h) == horizons[dataset]
     }
 
 
@@ -525,19 +533,18 @@ def _scoreboard_section(records: list[dict[str, Any]]) -> list[str]:
     for budget, rows in _accuracy_groups(records):
         averages = _horizon_averages(rows)
         devices = ", ".join(sorted({r["device"] for r in rows}))
-        for dataset in sorted({r["dataset"] for r in rows}):
+        for dataset, horizons in _dataset_horizons(rows).items():
             himtm = averages.get((dataset, "himtm"))
             if himtm is None:
                 continue
-            horizons = "/".join(str(h) for h in sorted({r["prediction_length"] for r in rows
-                                                         if r["dataset"] == dataset}))
             cells, ratios = [], []
             for baseline in ("patchtst_supervised", "patchtst_selfsupervised"):
                 other = averages.get((dataset, baseline))
                 cells.append(f"{other[0]:.4f} ({len(other[1])})" if other else "–")
                 ratio = himtm[0] / other[0] if other else None
                 ratios.append("–" if ratio is None else f"{ratio:.3f} ({'met' if ratio <= 0.97 else 'missed'})")
-            lines.append(f"| `{budget}` | {devices} | {dataset} | {horizons} | {himtm[0]:.4f} ({len(himtm[1])}) | "
+            lines.append(f"| `{budget}` | {devices} | {dataset} | {'/'.join(map(str, horizons))} | "
+                         f"{himtm[0]:.4f} ({len(himtm[1])}) | "
                          + " | ".join(cells + ratios) + " |")
             count += 1
     if not count:
@@ -564,11 +571,9 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         table: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
             table[(r["dataset"], r["prediction_length"], _model_label(r))].append(r)
-        datasets = sorted({r["dataset"] for r in rows})
         horizon_averages = _horizon_averages(rows)
         averages = []
-        for dataset in datasets:
-            horizons = sorted({r["prediction_length"] for r in rows if r["dataset"] == dataset})
+        for dataset, horizons in _dataset_horizons(rows).items():
             for h in horizons:
                 cells = []
                 for m in models:
