@@ -396,6 +396,10 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "head_init_zeros": {"forecast_head_init": "zeros"},
     # Both: on ETTm1 the HSD losses kept the 124-step pre-training's reconstruction at the mean (NOTES point (11)).
     "no_hsd_head_init_zeros": {"use_hsd": False, "forecast_head_init": "zeros"},
+    # HSD targets standardised per feature over the window's tokens instead of per token (data2vec's instance norm
+    # for 1-D signals): the shared teacher can then not lower the distillation loss with features that are the same
+    # at every position (NOTES point (13)).
+    "hsd_instance_norm": {"distillation_target_norm": "instance"},
     # Dropout before the forecast projection (the flatten head holds most of the forecaster's parameters).
     "head_dropout_0.3": {"head_dropout": 0.3},
     # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, no

@@ -18,6 +18,7 @@ _HEAD_TYPES = ("flatten", "mean")
 _CSA_ATTENTIONS = ("global", "local")
 _POSITIONAL_ENCODINGS = ("learned", "sincos")
 _FORECAST_HEAD_INITS = ("normal", "zeros")
+_DISTILLATION_TARGET_NORMS = ("none", "token", "instance")
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,12 @@ class HiMTMConfig(PretrainedConfig):
             data2vec-style; its features at the masked positions are the targets) or `"masked"` (the masked patches
             only, CAE-style). `"full"` is the default since it forecast better in every run we compared
             (docs/results.md); `"masked"` was the default before.
-        normalize_distillation_targets (`bool`, defaults to `True`): layer-normalise teacher features (no affine)
-            before the distillation loss, which keeps the target scale fixed.
+        distillation_target_norm (`str`, defaults to `"token"`): how the HSD teacher's features are normalised
+            before the distillation loss, which keeps the target scale fixed: `"token"` (a LayerNorm without affine
+            over each token's features), `"instance"` (each feature standardised over the teacher's tokens of the
+            window, data2vec's choice for 1-D signals: a feature that is the same at every position then gives
+            no target, so making features position-independent cannot lower the loss) or `"none"`. The legacy
+            `normalize_distillation_targets=False` means `"none"`.
         reconstruction_loss_weight (`float`, defaults to 1.0): weight of the patch reconstruction losses L_R.
         distillation_loss_weight (`float`, defaults to 1.0): weight of the feature distillation losses L_D.
         hierarchy_loss_weights (`list[float]`, *optional*): weight of each hierarchy's losses (normalised to sum
@@ -159,7 +164,7 @@ class HiMTMConfig(PretrainedConfig):
         teacher_type: str = "shared",
         teacher_momentum: float = 0.996,
         teacher_input: str = "full",
-        normalize_distillation_targets: bool = True,
+        distillation_target_norm: str = "token",
         reconstruction_loss_weight: float = 1.0,
         distillation_loss_weight: float = 1.0,
         hierarchy_loss_weights: list[float] | None = None,
@@ -203,7 +208,10 @@ class HiMTMConfig(PretrainedConfig):
         self.teacher_type = teacher_type
         self.teacher_momentum = teacher_momentum
         self.teacher_input = teacher_input
-        self.normalize_distillation_targets = normalize_distillation_targets
+        # Configs saved before `distillation_target_norm` existed carry the boolean it replaced.
+        if kwargs.pop("normalize_distillation_targets", True) is False:
+            distillation_target_norm = "none"
+        self.distillation_target_norm = distillation_target_norm
         self.reconstruction_loss_weight = reconstruction_loss_weight
         self.distillation_loss_weight = distillation_loss_weight
         self.hierarchy_loss_weights = list(hierarchy_loss_weights) if hierarchy_loss_weights is not None else None
@@ -225,7 +233,8 @@ class HiMTMConfig(PretrainedConfig):
 
     # Fields added after checkpoints were already saved, with the value those checkpoints were trained with. A saved
     # config always holds every field, so a missing one means "saved before the field existed".
-    _FIELDS_ADDED_LATER = {"csa_attention": "global", "positional_encoding_type": "learned"}
+    _FIELDS_ADDED_LATER = {"csa_attention": "global", "positional_encoding_type": "learned",
+                           "distillation_target_norm": "token"}
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -355,6 +364,11 @@ class HiMTMConfig(PretrainedConfig):
             raise ValueError(f"`teacher_momentum` must be in [0, 1], got {self.teacher_momentum}.")
         if self.teacher_input not in _TEACHER_INPUTS:
             raise ValueError(f"`teacher_input` must be one of {_TEACHER_INPUTS}, got {self.teacher_input!r}.")
+        if self.distillation_target_norm not in _DISTILLATION_TARGET_NORMS:
+            raise ValueError(
+                f"`distillation_target_norm` must be one of {_DISTILLATION_TARGET_NORMS}, got "
+                f"{self.distillation_target_norm!r}."
+            )
         if self.scaling not in _SCALINGS:
             raise ValueError(f"`scaling` must be one of {_SCALINGS}, got {self.scaling!r}.")
         if self.prediction_loss_space not in ("input", "instance"):

@@ -693,7 +693,7 @@ class HiMTMSelfDistillation(nn.Module):
         self.teacher_type = config.teacher_type
         self.teacher_input = config.teacher_input
         self.momentum = config.teacher_momentum
-        self.normalize_targets = config.normalize_distillation_targets
+        self.target_norm = config.distillation_target_norm
         if self.teacher_type == "ema":
             self.teacher_embedding = copy.deepcopy(student.embedding)
             self.teacher_encoder = copy.deepcopy(student.encoder)
@@ -750,15 +750,26 @@ class HiMTMSelfDistillation(nn.Module):
             tokens = embedding(patches)
             if self.teacher_input == "masked":
                 features, _ = encoder(_gather_tokens(tokens, masked_index))
-            else:  # "full": encode the whole window, then take the masked positions
+                features = [self._normalize(f) for f in features]
+            else:  # "full": encode the whole window, normalise over its tokens, then take the masked positions
                 full, _ = encoder(tokens)
-                features = [_gather_tokens(f, idx) for f, idx in zip(full, level_masked_index)]
+                features = [_gather_tokens(self._normalize(f), idx) for f, idx in zip(full, level_masked_index)]
         finally:
             embedding.train(was_training)
             encoder.train(was_training)
-        if self.normalize_targets:
-            features = [F.layer_norm(f, f.shape[-1:]) for f in features]
         return [f.detach() for f in features]
+
+    def _normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """`config.distillation_target_norm` on the teacher's features `(series, tokens, d)` of one hierarchy."""
+        if self.target_norm == "token":
+            return F.layer_norm(features, features.shape[-1:])
+        if self.target_norm == "instance":
+            # Each feature standardised over the window's tokens (data2vec's instance norm for 1-D signals).
+            values = features.float()  # statistics in fp32 under autocast
+            mean = values.mean(dim=1, keepdim=True)
+            var = values.var(dim=1, keepdim=True, unbiased=False)
+            return ((values - mean) * torch.rsqrt(var + 1e-5)).to(features.dtype)
+        return features
 
 
 # ----------------------------------------------------------------------------------------------------------------------

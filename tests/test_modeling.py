@@ -71,6 +71,9 @@ ABLATIONS = [
     {},
     {"teacher_type": "ema"},
     {"teacher_input": "masked"},
+    {"distillation_target_norm": "instance"},
+    {"distillation_target_norm": "instance", "teacher_input": "masked"},
+    {"distillation_target_norm": "none"},
     {"use_hmt": False},
     {"use_ded": False},
     {"use_hsd": False},
@@ -212,6 +215,73 @@ def test_ema_teacher_gets_no_gradient_and_follows_momentum_rule():
     model.update_teacher()
     for t, before, s in zip(teacher_params, teacher_before, student_now):
         torch.testing.assert_close(t, 0.9 * before + 0.1 * s, rtol=1e-6, atol=1e-6)  # float rounding only
+
+
+def _teacher_targets(model, cfg, num_series=6):
+    from himtm_hf.modeling_himtm import split_indices
+
+    patches = torch.randn(num_series, cfg.num_patches, cfg.patch_length)
+    mask = hierarchical_random_mask(num_series, cfg, patches.device)
+    _, masked_index = split_indices(mask, cfg.num_masked_patches)
+    levels = cfg.effective_num_hierarchies
+    level_masked = [split_indices(mask_at_level(mask, i), cfg.num_masked_patches // 2**i)[1] for i in range(levels)]
+    with torch.no_grad():
+        full, _ = model.model.encoder(model.model.embedding(patches))
+    return model.hsd.targets(model.model, patches, mask, masked_index, level_masked), full, level_masked
+
+
+@pytest.mark.parametrize("norm", ["token", "instance", "none"])
+def test_distillation_targets_are_normalised_as_configured(norm):
+    """`distillation_target_norm`: "token" standardises each target token over its features, "instance" each
+    feature over the teacher's tokens of the whole window (before the masked ones are picked), "none" leaves the
+    teacher's features as they are."""
+    cfg = tiny_config(distillation_target_norm=norm, dropout=0.0)
+    model = HiMTMForPretraining(cfg).eval()
+    targets, full, level_masked = _teacher_targets(model, cfg)
+    for target, features, index in zip(targets, full, level_masked):
+        picked = torch.gather(features, 1, index.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        if norm == "token":
+            torch.testing.assert_close(target.mean(-1), torch.zeros_like(target[..., 0]), atol=1e-5, rtol=0)
+            torch.testing.assert_close(target.var(-1, unbiased=False), torch.ones_like(target[..., 0]), atol=1e-3,
+                                       rtol=0)
+        elif norm == "instance":
+            expected = (features - features.mean(1, keepdim=True)) / (
+                features.var(1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+            expected = torch.gather(expected, 1, index.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+            torch.testing.assert_close(target, expected, atol=1e-5, rtol=1e-5)
+            # not the per-token LayerNorm: token means are not all zero
+            assert target.mean(-1).abs().max() > 1e-2
+        else:
+            torch.testing.assert_close(target, picked)
+
+
+def test_instance_normalised_targets_ignore_features_shared_by_every_position():
+    """A feature pattern added at every position of the window (the position-independent shortcut the shared
+    teacher allows) leaves the "instance" targets unchanged, but moves the per-token "token" targets."""
+    torch.manual_seed(0)
+    for norm, unchanged in (("instance", True), ("token", False)):
+        cfg = tiny_config(distillation_target_norm=norm, dropout=0.0)
+        model = HiMTMForPretraining(cfg).eval()
+        features = torch.randn(4, 16, 16)
+        shifted = features + 3.0 * torch.randn(1, 1, 16)  # the same vector added to every token
+        same = torch.allclose(model.hsd._normalize(features), model.hsd._normalize(shifted), atol=1e-4)
+        assert same is unchanged, norm
+
+
+def test_config_saved_with_the_old_boolean_keeps_its_target_normalisation(tmp_path):
+    """Configs from before `distillation_target_norm` carry `normalize_distillation_targets`: True loads as
+    "token" (what those checkpoints trained with), False as "none"; the field is saved, the boolean is not."""
+    model = HiMTMForPretraining(tiny_config())
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["distillation_target_norm"] == "token" and "normalize_distillation_targets" not in saved
+    for old_value, expected in ((True, "token"), (False, "none")):
+        legacy = {k: v for k, v in saved.items() if k != "distillation_target_norm"}
+        legacy["normalize_distillation_targets"] = old_value
+        config_file.write_text(json.dumps(legacy))
+        assert HiMTMConfig.from_pretrained(tmp_path).distillation_target_norm == expected
+    assert HiMTMConfig(normalize_distillation_targets=False).distillation_target_norm == "none"
 
 
 # ---------------------------------------------------------------------------------------------------- masking
@@ -499,6 +569,7 @@ def test_bad_masks_and_targets_raise():
         ({"d_model": 18}, "not divisible by num_attention_heads"),
         ({"mask_ratio": 1.0}, "mask_ratio"),
         ({"teacher_type": "momentum"}, "teacher_type"),
+        ({"distillation_target_norm": "batch"}, "distillation_target_norm"),
         ({"csa_attention": "window"}, "csa_attention"),
         ({"positional_encoding_type": "rope"}, "positional_encoding_type"),
         ({"forecast_head_init": "xavier"}, "forecast_head_init"),
