@@ -400,6 +400,9 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     # for 1-D signals): the shared teacher can then not lower the distillation loss with features that are the same
     # at every position (NOTES point (13)).
     "hsd_instance_norm": {"distillation_target_norm": "instance"},
+    # Both: instance-normalised HSD targets and the zero-initialised forecast head (the HSD-keeping counterpart of
+    # no_hsd_head_init_zeros).
+    "hsd_instance_norm_head_init_zeros": {"distillation_target_norm": "instance", "forecast_head_init": "zeros"},
     # Dropout before the forecast projection (the flatten head holds most of the forecaster's parameters).
     "head_dropout_0.3": {"head_dropout": 0.3},
     # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, no
