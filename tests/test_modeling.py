@@ -180,14 +180,7 @@ def test_shared_teacher_receives_no_gradient():
     """With the shared teacher, the distillation targets carry no graph: gradients come only from the student."""
     cfg = tiny_config(reconstruction_loss_weight=0.0, dropout=0.0)
     model = HiMTMForPretraining(cfg)
-    patches = torch.randn(6, cfg.num_patches, cfg.patch_length)
-    mask = hierarchical_random_mask(6, cfg, patches.device)
-    from himtm_hf.modeling_himtm import split_indices
-
-    assert (mask.sum(dim=1) == cfg.num_masked_patches).all()
-    _, masked_index = split_indices(mask, cfg.num_masked_patches)
-    level_masked = [split_indices(mask_at_level(mask, i), cfg.num_masked_patches // 2**i)[1] for i in range(3)]
-    targets = model.hsd.targets(model.model, patches, mask, masked_index, level_masked)
+    targets, _, _ = _teacher_targets(model, cfg)
     assert all(not t.requires_grad and t.grad_fn is None for t in targets)
     # a backward through the distillation-only loss leaves the teacher path without gradient: the loss
     # gradient w.r.t. the targets is not propagated (they are leaves without grad)
@@ -222,6 +215,7 @@ def _teacher_targets(model, cfg, num_series=6):
 
     patches = torch.randn(num_series, cfg.num_patches, cfg.patch_length)
     mask = hierarchical_random_mask(num_series, cfg, patches.device)
+    assert (mask.sum(dim=1) == cfg.num_masked_patches).all()
     _, masked_index = split_indices(mask, cfg.num_masked_patches)
     levels = cfg.effective_num_hierarchies
     level_masked = [split_indices(mask_at_level(mask, i), cfg.num_masked_patches // 2**i)[1] for i in range(levels)]
