@@ -104,7 +104,8 @@ class HiMTMConfig(PretrainedConfig):
             over each token's features), `"instance"` (each feature standardised over the teacher's tokens of the
             window, data2vec's choice for 1-D signals: a feature that is the same at every position then gives
             no target, so making features position-independent cannot lower the loss) or `"none"`. The legacy
-            `normalize_distillation_targets=False` means `"none"`.
+            `normalize_distillation_targets=False` means `"none"` (and `True` the default `"token"`); passed
+            together with a contradicting `distillation_target_norm` it raises a `ValueError`.
         reconstruction_loss_weight (`float`, defaults to 1.0): weight of the patch reconstruction losses L_R.
         distillation_loss_weight (`float`, defaults to 1.0): weight of the feature distillation losses L_D.
         hierarchy_loss_weights (`list[float]`, *optional*): weight of each hierarchy's losses (normalised to sum
@@ -208,9 +209,23 @@ class HiMTMConfig(PretrainedConfig):
         self.teacher_type = teacher_type
         self.teacher_momentum = teacher_momentum
         self.teacher_input = teacher_input
-        # Configs saved before `distillation_target_norm` existed carry the boolean it replaced.
-        if kwargs.pop("normalize_distillation_targets", True) is False:
+        # Configs saved before `distillation_target_norm` existed carry the boolean it replaced. False can only mean
+        # "none", so a hand-written config that also asks for "instance" contradicts itself: say so, don't pick one.
+        legacy_normalize = kwargs.pop("normalize_distillation_targets", None)
+        if legacy_normalize is False:
+            if distillation_target_norm == "instance":
+                raise ValueError(
+                    "HiMTMConfig got normalize_distillation_targets=False (no normalisation) together with "
+                    "distillation_target_norm='instance'. The boolean is the old name of distillation_target_norm; "
+                    "drop it and pass distillation_target_norm alone ('token', 'instance' or 'none')."
+                )
             distillation_target_norm = "none"
+        elif legacy_normalize is True and distillation_target_norm == "none":
+            raise ValueError(
+                "HiMTMConfig got normalize_distillation_targets=True together with distillation_target_norm='none'. "
+                "The boolean is the old name of distillation_target_norm; drop it and pass distillation_target_norm "
+                "alone ('token', 'instance' or 'none')."
+            )
         self.distillation_target_norm = distillation_target_norm
         self.reconstruction_loss_weight = reconstruction_loss_weight
         self.distillation_loss_weight = distillation_loss_weight

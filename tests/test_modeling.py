@@ -278,6 +278,17 @@ def test_config_saved_with_the_old_boolean_keeps_its_target_normalisation(tmp_pa
     assert HiMTMConfig(normalize_distillation_targets=False).distillation_target_norm == "none"
 
 
+@pytest.mark.parametrize("old_value, new_value", [(False, "instance"), (True, "none")])
+def test_old_boolean_contradicting_the_new_field_is_an_error(old_value, new_value):
+    """A hand-written config with both names must not silently keep one of them."""
+    with pytest.raises(ValueError, match="old name of distillation_target_norm"):
+        HiMTMConfig(normalize_distillation_targets=old_value, distillation_target_norm=new_value)
+    # pairs that agree are accepted (True only says "normalise", so any normalisation agrees with it)
+    agreeing = "none" if old_value is False else "instance"
+    config = HiMTMConfig(normalize_distillation_targets=old_value, distillation_target_norm=agreeing)
+    assert config.distillation_target_norm == agreeing
+
+
 # ---------------------------------------------------------------------------------------------------- masking
 
 
