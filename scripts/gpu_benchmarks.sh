@@ -7,13 +7,14 @@
 # On a machine without `datasets` / `evaluate` (or without network), install them from wheels downloaded beforehand.
 # Budgets, limits and the full budget's datasets can be changed through the environment; a step whose limit is 0 is
 # skipped. tests/test_scripts.py smoke-runs this file on the CPU with SPEED_BUDGET=quick SPEED_DEVICE=cpu
-# FULL_BUDGET=quick FULL_DATASETS=ETTh1 T_SPEED_COMPILE=0.
+# FULL_BUDGET=quick FULL_DATASETS=ETTh1 T_SPEED_COMPILE=0 T_FULL_VARIANT=400 FULL_VARIANT_DATASETS=ETTh1.
 #
 # Default order = what only a GPU can still give (docs/results/NOTES.md): the speed table of the current model, eager
 # and under torch.compile + CUDA graphs at L = 512 (the missed H200 target), then the `full` budget, all three models
 # per dataset, smallest datasets first, as far as its limit reaches (~2.5 min per ETTh dataset on an H200). The
 # `cpu`-budget protocol, the ablation and the transfer matrix are complete on the CPU; set T_ACC, T_ABL or T_TRANSFER
-# (seconds) to rerun them here as well.
+# (seconds) to rerun them here as well, and T_FULL_VARIANT to add the candidate large-dataset defaults at the `full`
+# budget (FULL_VARIANT, FULL_VARIANT_DATASETS choose the variant and datasets).
 set -u
 OUT_DIR="${RESULTS_OUT:-outputs/gpu_benchmarks}"
 R="$OUT_DIR/results"
@@ -39,6 +40,16 @@ step "${T_SPEED_COMPILE:-120}" speed_compiled python scripts/benchmark_speed.py 
   --output_dir "$R/speed"
 step "${T_FULL:-330}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
   --datasets "${FULL_DATASETS[@]}" --results_dir "$R" --work_dir "$WORK/work_full"
+# Optional: the candidate defaults for the large datasets (docs/results/NOTES.md point (13)) at the same budget, to set
+# beside the defaults' rows before they change. Off unless T_FULL_VARIANT is set: it does not fit in a 15-minute
+# session together with the steps above.
+if [ -n "${T_FULL_VARIANT:-}" ]; then
+  read -r -a VARIANT_DATASETS <<< "${FULL_VARIANT_DATASETS:-ETTm1 ETTm2}"
+  step "$T_FULL_VARIANT" acc_${FULL_BUDGET}_variant python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
+    --datasets "${VARIANT_DATASETS[@]}" --models himtm \
+    --himtm_variant "${FULL_VARIANT:-hsd_instance_norm_head_init_zeros}" --results_dir "$R" \
+    --work_dir "$WORK/work_full_variant"
+fi
 # Optional reruns of what the CPU already has (off unless their limit is set).
 if [ -n "${T_ACC:-}" ]; then
   step "$T_ACC" acc_$ACC_BUDGET python scripts/benchmark_accuracy.py --budget "$ACC_BUDGET" --datasets ETTh1 ETTh2 \

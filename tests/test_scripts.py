@@ -164,21 +164,23 @@ def test_profile_step_reports_attention_share(tmp_path):
 @pytest.mark.slow
 def test_gpu_benchmark_session_script_runs_its_steps_and_packs_the_records(tmp_path):
     """`scripts/gpu_benchmarks.sh` is only ever run on a lent GPU, where a broken flag would cost device minutes: run
-    it on the CPU at the quick budgets (the compiled speed step skipped by its 0 limit) and check what it packs."""
+    it on the CPU at the quick budgets (the compiled speed step skipped by its 0 limit, the optional variant step on)
+    and check what it packs."""
     import tarfile
 
     out = tmp_path / "gpu"
     env = {**_env(), "RESULTS_OUT": str(out), "WORK_ROOT": str(tmp_path / "work"), "SPEED_BUDGET": "quick",
            "SPEED_DEVICE": "cpu", "FULL_BUDGET": "quick", "FULL_DATASETS": "ETTh1", "T_SPEED_COMPILE": "0",
-           "T_SPEED": "400", "T_FULL": "400"}
+           "T_SPEED": "400", "T_FULL": "400", "T_FULL_VARIANT": "400", "FULL_VARIANT_DATASETS": "ETTh1"}
     result = subprocess.run(["bash", str(SCRIPTS / "gpu_benchmarks.sh")], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "speed_compiled skipped" in result.stdout
-    assert result.stdout.count("   exit 0 at") == 2, result.stdout  # speed, then the accuracy step
+    assert result.stdout.count("   exit 0 at") == 3, result.stdout  # speed, the accuracy step, its variant step
     with tarfile.open(out / "results.tgz") as archive:
         names = archive.getnames()
     records = [n for n in names if n.startswith("results/accuracy/") and n.endswith(".json")]
-    assert len(records) == 12  # ETTh1 x 4 horizons x 3 models
+    assert len(records) == 16  # ETTh1 x 4 horizons x (3 models + the HiMTM variant)
+    assert sum("-himtm-hsd_instance_norm_head_init_zeros-quick-" in n for n in records) == 4
     assert any(n.startswith("results/speed/cpu-quick-") for n in names)
     assert "##### " in (out / "all_logs.txt").read_text() and not list(out.glob("*.log"))
