@@ -212,20 +212,17 @@ class HiMTMConfig(PretrainedConfig):
         # Configs saved before `distillation_target_norm` existed carry the boolean it replaced. False can only mean
         # "none", so a hand-written config that also asks for "instance" contradicts itself: say so, don't pick one.
         legacy_normalize = kwargs.pop("normalize_distillation_targets", None)
-        if legacy_normalize is False:
-            if distillation_target_norm == "instance":
-                raise ValueError(
-                    "HiMTMConfig got normalize_distillation_targets=False (no normalisation) together with "
-                    "distillation_target_norm='instance'. The boolean is the old name of distillation_target_norm; "
-                    "drop it and pass distillation_target_norm alone ('token', 'instance' or 'none')."
-                )
-            distillation_target_norm = "none"
-        elif legacy_normalize is True and distillation_target_norm == "none":
+        if (legacy_normalize is False and distillation_target_norm == "instance") or (
+            legacy_normalize is True and distillation_target_norm == "none"
+        ):
             raise ValueError(
-                "HiMTMConfig got normalize_distillation_targets=True together with distillation_target_norm='none'. "
-                "The boolean is the old name of distillation_target_norm; drop it and pass distillation_target_norm "
-                "alone ('token', 'instance' or 'none')."
+                f"HiMTMConfig got normalize_distillation_targets={legacy_normalize} together with "
+                f"distillation_target_norm={distillation_target_norm!r}, which contradict each other. The boolean is "
+                "the old name of distillation_target_norm; drop it and pass distillation_target_norm alone ('token', "
+                "'instance' or 'none')."
             )
+        if legacy_normalize is False:
+            distillation_target_norm = "none"
         self.distillation_target_norm = distillation_target_norm
         self.reconstruction_loss_weight = reconstruction_loss_weight
         self.distillation_loss_weight = distillation_loss_weight
