@@ -209,8 +209,8 @@ class HiMTMConfig(PretrainedConfig):
         self.teacher_type = teacher_type
         self.teacher_momentum = teacher_momentum
         self.teacher_input = teacher_input
-        # Configs saved before `distillation_target_norm` existed carry the boolean it replaced. False can only mean
-        # "none", so a hand-written config that also asks for "instance" contradicts itself: say so, don't pick one.
+        # Configs saved before `distillation_target_norm` existed carry the boolean it replaced (False = "none",
+        # True = normalised). A hand-written config whose two names disagree is an error: say so, don't pick one.
         legacy_normalize = kwargs.pop("normalize_distillation_targets", None)
         if (legacy_normalize is False and distillation_target_norm == "instance") or (
             legacy_normalize is True and distillation_target_norm == "none"
