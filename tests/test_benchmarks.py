@@ -45,11 +45,18 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
     assert "himtm@no_pretrain MSE / MAE" in (tmp_path / "results.md").read_text()
 
     _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "full", "no_hsd", "no_pretrain",
-         "--seeds", "1", "--results_dir", str(results), "--work_dir", str(tmp_path / "ablation"))
-    ablation = [json.loads(p.read_text()) for p in (results / "ablation").glob("*.json")]
-    assert sorted(r["variant"] for r in ablation) == ["full", "no_hsd", "no_pretrain"]
-    steps = {r["variant"]: r["pretrain_steps"] for r in ablation}
-    assert steps["no_pretrain"] == 0 and steps["full"] > 0  # the diagnostic variant really skips pre-training
+         "select_by_reconstruction", "--seeds", "1", "--results_dir", str(results),
+         "--work_dir", str(tmp_path / "ablation"))
+    ablation = {r["variant"]: r for r in (json.loads(p.read_text()) for p in (results / "ablation").glob("*.json"))}
+    assert sorted(ablation) == ["full", "no_hsd", "no_pretrain", "select_by_reconstruction"]
+    assert ablation["no_pretrain"]["pretrain_steps"] == 0 and ablation["full"]["pretrain_steps"] > 0
+    # the pre-training checkpoint of select_by_reconstruction is chosen by (and records) the reconstruction loss
+    for variant, metric in (("full", "loss"), ("select_by_reconstruction", "reconstruction_loss")):
+        log = tmp_path / "ablation" / "ETTh1" / variant / "seed1" / "himtm-pretrain" / "log.jsonl"
+        val = [json.loads(line) for line in log.read_text().splitlines() if '"split": "val"' in line]
+        assert val and all(r["distillation_loss"] > 0 for r in val)  # so the two metrics differ
+        assert ablation[variant]["pretrain_metric_for_best_model"] == metric
+        assert ablation[variant]["pretrain_best_val_loss"] == pytest.approx(min(r[metric] for r in val))
 
     table = (tmp_path / "results.md").read_text()
     assert "| ETTh1 | 96 |" in table and "| no_hsd |" in table

@@ -223,6 +223,39 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
     assert steps == list(range(1, 13))
 
 
+@pytest.mark.parametrize("metric", ["loss", "reconstruction_loss"])
+def test_metric_for_best_model_picks_the_restored_weights(tmp_path, metric):
+    """The saved model is the checkpoint of the validation with the lowest `metric`, and early stopping counts
+    validations without a new lowest `metric`."""
+    out = tmp_path / metric
+    run_pretrain_script(out, "--max_steps", "8", "--eval_every_steps", "1", "--save_steps", "1",
+                        "--early_stopping_patience", "0", "--metric_for_best_model", metric)
+    log = read_log(out / "log.jsonl")
+    val = [r for r in log if r["split"] == "val"]
+    assert len(val) == 8 and all({"loss", "reconstruction_loss", "distillation_loss"} <= r.keys() for r in val)
+    best = min(val, key=lambda r: r[metric])
+    summary = next(r for r in log if r["split"] == "best")
+    assert summary["best_step"] == best["step"] and summary["best_val_loss"] == pytest.approx(best[metric])
+    assert summary["metric_for_best_model"] == metric
+    assert [r["best"] for r in val] == [r[metric] < min([v[metric] for v in val[:i]], default=np.inf)
+                                        for i, r in enumerate(val)]
+    checkpoint = out / "checkpoints" / f"step-{best['step']}" / "model.safetensors"
+    assert max_abs_diff(checkpoint, out / "model.safetensors") == 0
+
+
+def test_metric_for_best_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="'recon' is not among the validation losses of HiMTMForPretraining "
+                                         r"\(distillation_loss, loss, reconstruction_loss\)"):
+        run_pretrain_script(tmp_path / "typo", "--max_steps", "4", "--metric_for_best_model", "recon")
+    with pytest.raises(ValueError, match="must name a validation loss"):
+        TrainArguments(output_dir=str(tmp_path), metric_for_best_model=" ")
+    # A checkpoint keeps the metric it chose by: resuming with another would compare two different losses.
+    run_pretrain_script(tmp_path / "run", "--max_steps", "6", "--stop_after_steps", "3")
+    with pytest.raises(ValueError, match="chose its best weights by 'loss'.*--metric_for_best_model 'reconstruction_loss'"):
+        run_pretrain_script(tmp_path / "run", "--max_steps", "6", "--resume_from_checkpoint", "latest",
+                            "--metric_for_best_model", "reconstruction_loss")
+
+
 def test_output_dir_and_bad_dataset_errors(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

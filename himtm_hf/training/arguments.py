@@ -291,6 +291,14 @@ class TrainArguments:
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Stop after this many validations without improvement (0: off)."}
     )
+    # Named as in `transformers.TrainingArguments` (lower is better here: every value is a loss).
+    metric_for_best_model: str = field(
+        default="loss",
+        metadata={"help": "Validation loss that picks the best weights and drives early stopping: 'loss' (the "
+                          "total) or a part the model reports, e.g. 'reconstruction_loss' of HiMTMForPretraining "
+                          "(the one pre-training loss whose target does not move with the weights). Lower is "
+                          "better."},
+    )
     save_steps: int = field(
         default=0, metadata={"help": "Save the accelerate state every N steps to output_dir/checkpoints/step-N (0: off)."}
     )
@@ -353,6 +361,9 @@ class TrainArguments:
             raise ValueError("Give --max_steps > 0 or --num_train_epochs > 0.")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision must be auto, no, bf16 or fp16; got {self.mixed_precision!r}.")
+        if not self.metric_for_best_model or not self.metric_for_best_model.strip():
+            raise ValueError("--metric_for_best_model must name a validation loss, e.g. 'loss' or "
+                             "'reconstruction_loss'; got an empty string.")
         for name in ("max_train_windows", "max_eval_windows"):
             value = getattr(self, name)
             if value is not None and value < 1:

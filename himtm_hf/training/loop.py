@@ -432,7 +432,9 @@ class TrainerState:
 
     global_step: int = 0
     best_val_loss: float | None = None
+    """Best value so far of `TrainArguments.metric_for_best_model` (the total validation loss by default)."""
     best_step: int | None = None
+    metric_for_best_model: str = "loss"
     evals_without_improvement: int = 0
     last_eval_step: int | None = None
     should_stop: bool = False
@@ -444,6 +446,7 @@ class TrainerState:
             "global_step": self.global_step,
             "best_val_loss": self.best_val_loss,
             "best_step": self.best_step,
+            "metric_for_best_model": self.metric_for_best_model,
             "evals_without_improvement": self.evals_without_improvement,
             "last_eval_step": self.last_eval_step,
             "should_stop": self.should_stop,
@@ -452,6 +455,8 @@ class TrainerState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Checkpoints from before the field always chose by the total loss.
+        state = {"metric_for_best_model": "loss", **state}
         for key, value in state.items():
             setattr(self, key, value)
 
@@ -465,6 +470,7 @@ class TrainResult:
     global_step: int
     epochs: float
     best_val_loss: float | None
+    """Best validation value of `train_args.metric_for_best_model` (the weights in `model` are from that step)."""
     best_step: int | None
     stopped_early: bool
     wall_time_s: float
@@ -586,7 +592,7 @@ def train_model(
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> TrainResult:
     """Trains `model` with AdamW + warm-up/decay, gradient accumulation and clipping, early stopping on the
-    validation loss, best-weights restore and resumable accelerate checkpoints.
+    validation loss (`train_args.metric_for_best_model`, the total by default), best-weights restore and resumable accelerate checkpoints.
 
     Works for HiMTM and for other forecasters/pre-trainers with the same forward conventions (e.g.
     `PatchTSTForPrediction`, `PatchTSTForPretraining`): batches are dicts from `himtm_hf.data` datasets; only the
@@ -600,8 +606,9 @@ def train_model(
         accelerator: an `Accelerator` (default: [`make_accelerator`]); must have `gradient_accumulation_steps=1`
             (accumulation is `train_args.gradient_accumulation_steps`). Its references to the objects prepared here
             are released at the end.
-        is_pretraining: self-supervised (validation loss = model loss) instead of forecasting (validation loss =
-            standardised MSE of `prediction_outputs`).
+        is_pretraining: self-supervised (validation losses = the model's `loss` and its parts, e.g.
+            `reconstruction_loss`) instead of forecasting (validation `loss` = standardised MSE of
+            `prediction_outputs`).
         prepare_output: check/create the output folder here ([`prepare_output_dir`]); pass False if done already.
         collate_fn: DataLoader collate function (default: torch's default collate).
 
@@ -664,7 +671,8 @@ def train_model(
     scheduler = get_scheduler(
         train_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
-    state = TrainerState()
+    metric = train_args.metric_for_best_model
+    state = TrainerState(metric_for_best_model=metric)
     registered = [scheduler, state]
     accelerator.register_for_checkpointing(*registered)
 
@@ -678,6 +686,13 @@ def train_model(
         run_logger.lines = count_log_lines(output_dir)
     else:
         accelerator.load_state(str(checkpoint))
+        if state.metric_for_best_model != metric:
+            # The best value saved so far is of the other metric: comparing the two would pick the wrong weights.
+            raise ValueError(
+                f"Checkpoint {checkpoint} chose its best weights by {state.metric_for_best_model!r}, but this run "
+                f"asks for --metric_for_best_model {metric!r}. Resume with --metric_for_best_model "
+                f"{state.metric_for_best_model}, or start a new run in another --output_dir."
+            )
         run_logger.truncate(state.log_lines)
         logger.info("Resumed from %s at step %d", checkpoint, state.global_step)
 
@@ -700,7 +715,12 @@ def train_model(
                                     is_pretraining, keys, seed, draws, noise_shape, collate_fn, train_args.num_workers)
         if not losses:
             return
-        val_loss = losses["loss"]
+        if metric not in losses:
+            raise ValueError(
+                f"--metric_for_best_model {metric!r} is not among the validation losses of "
+                f"{type(unwrapped).__name__} ({', '.join(sorted(losses))}); pass one of those."
+            )
+        val_loss = losses[metric]
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_step = val_loss, step
@@ -715,7 +735,7 @@ def train_model(
         run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="val",
                        **{k: float(v) for k, v in losses.items()}, best=improved, best_val_loss=state.best_val_loss)
         if show:
-            progress.set_postfix(val_loss=f"{val_loss:.4f}")
+            progress.set_postfix({"val_" + metric: f"{val_loss:.4f}"})
 
     def save_checkpoint() -> None:
         path = output_dir / CHECKPOINTS_DIR / f"step-{step}"
@@ -829,7 +849,7 @@ def train_model(
     if state.best_state is not None:
         unwrapped.load_state_dict(state.best_state)
         run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="best", best_step=state.best_step,
-                       best_val_loss=state.best_val_loss)
+                       best_val_loss=state.best_val_loss, metric_for_best_model=metric)
     accelerator.wait_for_everyone()
     history = run_logger.history
     result = TrainResult(
