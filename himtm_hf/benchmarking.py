@@ -632,9 +632,15 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         if losses:
             lines += ["Final training losses seen (pre-training / fine-tuning, last logged step):", ""]
             for r in sorted(losses, key=lambda x: (x["dataset"], x["prediction_length"], _model_label(x))):
+                kept = ""
+                if r.get("pretrain_best_step") is not None:  # recorded since metric_for_best_model existed
+                    kept = (f", pre-training checkpoint kept: step {r['pretrain_best_step']} of {r['pretrain_steps']} "
+                            f"(lowest val {r.get('pretrain_metric_for_best_model', 'loss')} "
+                            f"{_fmt(r.get('pretrain_best_val_loss'))})")
                 lines.append(f"- {r['dataset']} H={r['prediction_length']} {_model_label(r)}: pretrain "
                              f"{_fmt(r.get('pretrain_final_train_loss'))}, finetune "
-                             f"{_fmt(r.get('finetune_final_train_loss'))}, best val {_fmt(r.get('best_val_loss'))}")
+                             f"{_fmt(r.get('finetune_final_train_loss'))}, best val {_fmt(r.get('best_val_loss'))}"
+                             f"{kept}")
             lines.append("")
     return lines
 
@@ -692,6 +698,8 @@ def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
             overrides = f"`{json.dumps(runs[0].get('overrides', {}))}`"
             if variant in NO_PRETRAIN_VARIANTS:
                 overrides += " (fine-tuned from a random initialisation: no pre-training)"
+            if variant in PRETRAIN_METRIC_VARIANTS:
+                overrides += f" (pre-training checkpoint chosen by the validation {PRETRAIN_METRIC_VARIANTS[variant]})"
             lines.append(f"| {_tag_defaults(variant, version)} | {overrides} | {len(runs)} | "
                          f"{_mean_std([x['mse'] for x in runs])} | {_mean_std([x['mae'] for x in runs])} |")
         lines.append("")

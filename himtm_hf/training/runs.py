@@ -290,8 +290,8 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, train_args: P
         splits.scaler.save(output_dir)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        logger.info("Pre-training done: %d steps, best val loss %s -> %s", result.global_step, result.best_val_loss,
-                    output_dir)
+        logger.info("Pre-training done: %d steps, best val %s %s (step %s) -> %s", result.global_step,
+                    train_args.metric_for_best_model, result.best_val_loss, result.best_step, output_dir)
     return output_dir
 
 
