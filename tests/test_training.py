@@ -225,8 +225,8 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("metric", ["loss", "reconstruction_loss"])
 def test_metric_for_best_model_picks_the_restored_weights(tmp_path, metric):
-    """The saved model is the checkpoint of the validation with the lowest `metric`, and early stopping counts
-    validations without a new lowest `metric`."""
+    """The saved model is the checkpoint of the validation with the lowest `metric`, and the validations marked
+    `best` (the ones early stopping counts as improvements) are exactly those that set a new lowest `metric`."""
     out = tmp_path / metric
     run_pretrain_script(out, "--max_steps", "8", "--eval_every_steps", "1", "--save_steps", "1",
                         "--early_stopping_patience", "0", "--metric_for_best_model", metric)

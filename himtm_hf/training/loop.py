@@ -592,7 +592,8 @@ def train_model(
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> TrainResult:
     """Trains `model` with AdamW + warm-up/decay, gradient accumulation and clipping, early stopping on the
-    validation loss (`train_args.metric_for_best_model`, the total by default), best-weights restore and resumable accelerate checkpoints.
+    validation loss (`train_args.metric_for_best_model`, the total by default), best-weights restore and resumable
+    accelerate checkpoints.
 
     Works for HiMTM and for other forecasters/pre-trainers with the same forward conventions (e.g.
     `PatchTSTForPrediction`, `PatchTSTForPretraining`): batches are dicts from `himtm_hf.data` datasets; only the
