@@ -247,6 +247,8 @@ def test_metric_for_best_model_errors(tmp_path):
     with pytest.raises(ValueError, match="'recon' is not among the validation losses of HiMTMForPretraining "
                                          r"\(distillation_loss, loss, reconstruction_loss\)"):
         run_pretrain_script(tmp_path / "typo", "--max_steps", "4", "--metric_for_best_model", "recon")
+    log = tmp_path / "typo" / "log.jsonl"
+    assert not log.exists() or not read_log(log)  # refused before the first training step
     with pytest.raises(ValueError, match="must name a validation loss"):
         TrainArguments(output_dir=str(tmp_path), metric_for_best_model=" ")
     # A checkpoint keeps the metric it chose by: resuming with another would compare two different losses.

@@ -26,7 +26,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -493,6 +493,19 @@ def _shard_batches(num_samples: int, batch_size: int, process_index: int, num_pr
     return batches
 
 
+def _validation_loss_names(is_pretraining: bool) -> tuple[str, ...]:
+    """The validation losses [`_validation_losses`] can report (a pre-trainer reports those its output has)."""
+    return ("loss", "reconstruction_loss", "distillation_loss") if is_pretraining else ("loss",)
+
+
+def _check_metric_for_best_model(metric: str, available: Collection[str], model: torch.nn.Module) -> None:
+    if metric not in available:
+        raise ValueError(
+            f"--metric_for_best_model {metric!r} is not among the validation losses of "
+            f"{type(model).__name__} ({', '.join(sorted(available))}); pass one of those."
+        )
+
+
 @torch.no_grad()
 def _validation_losses(
     model: torch.nn.Module,
@@ -520,7 +533,7 @@ def _validation_losses(
     shards = _shard_batches(len(dataset), batch_size, accelerator.process_index, accelerator.num_processes)
     loader = DataLoader(dataset, batch_sampler=[indices for _, indices in shards], num_workers=num_workers,
                         collate_fn=collate_fn)
-    names = ["loss", "reconstruction_loss", "distillation_loss"] if is_pretraining else ["loss"]
+    names = list(_validation_loss_names(is_pretraining))
     sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=accelerator.device)  # + count
     present = set()
     for (index, _), batch in zip(shards, loader):
@@ -673,6 +686,8 @@ def train_model(
         train_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
     metric = train_args.metric_for_best_model
+    if val_subset is not None:  # a typo fails here, not after the first epoch
+        _check_metric_for_best_model(metric, _validation_loss_names(is_pretraining), unwrapped)
     state = TrainerState(metric_for_best_model=metric)
     registered = [scheduler, state]
     accelerator.register_for_checkpointing(*registered)
@@ -716,11 +731,7 @@ def train_model(
                                     is_pretraining, keys, seed, draws, noise_shape, collate_fn, train_args.num_workers)
         if not losses:
             return
-        if metric not in losses:
-            raise ValueError(
-                f"--metric_for_best_model {metric!r} is not among the validation losses of "
-                f"{type(unwrapped).__name__} ({', '.join(sorted(losses))}); pass one of those."
-            )
+        _check_metric_for_best_model(metric, losses, unwrapped)  # a part this model's output lacks
         val_loss = losses[metric]
         improved = state.best_val_loss is None or val_loss < state.best_val_loss
         if improved:
