@@ -418,6 +418,11 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "no_pretrain": {},
     "width_128": {"d_model": 128, "num_attention_heads": 16, "decoder_num_attention_heads": 16,
                   "csa_num_attention_heads": 16, "ffn_dim": 256},
+    # Closer to supervised PatchTST's small-dataset size (d_model 16, dropout 0.3): at the `full` budget HiMTM's
+    # fine-tuning on ETTh peaks at epoch 1-3 and then over-fits (NOTES point (14)); half the width (its flatten head
+    # reads 56 tokens against PatchTST's 42) and PatchTST's dropout.
+    "width_32_dropout_0.3": {"d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4,
+                             "csa_num_attention_heads": 4, "dropout": 0.3},
     # The defaults' model, with the pre-training checkpoint (and its early stopping) chosen by the validation
     # reconstruction loss instead of the total: the HSD part's target moves with the weights (NOTES point (14)).
     "select_by_reconstruction": {},
