@@ -176,3 +176,15 @@ def test_speed_arguments_are_checked_before_any_model_is_built(field, value, all
     speed = _speed_module()
     with pytest.raises(ValueError, match=f"{value}.*{allowed}"):
         speed.check_arguments(speed.SpeedArguments(**{field: value}))
+
+
+def test_committed_results_md_is_regenerated_from_the_committed_records(tmp_path):
+    """docs/results.md is generated from docs/results/ (records and NOTES.md); a hand edit of either that was not
+    followed by `regenerate_results_md()` would leave the committed tables or reading out of date."""
+    from himtm_hf.benchmarking import regenerate_results_md
+
+    committed = ROOT / "docs" / "results.md"
+    fresh = regenerate_results_md(ROOT / "docs" / "results", tmp_path / "results.md").read_text()
+    assert fresh == committed.read_text(), (
+        "docs/results.md is out of date: run `python -c \"from himtm_hf.benchmarking import regenerate_results_md; "
+        "regenerate_results_md()\"` and commit it.")
