@@ -419,7 +419,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "width_128": {"d_model": 128, "num_attention_heads": 16, "decoder_num_attention_heads": 16,
                   "csa_num_attention_heads": 16, "ffn_dim": 256},
     # Closer to supervised PatchTST's small-dataset size (d_model 16, dropout 0.3): at the `full` budget HiMTM's
-    # fine-tuning on ETTh peaks at epoch 1-3 and then over-fits (NOTES point (14)); half the width (the flatten head
+    # fine-tuning on ETTh1 peaks at epoch 1-3 and then over-fits (NOTES point (14)); half the width (the flatten head
     # then reads 56 tokens x 32 features, 1.8x the 63 x 16 of PatchTST's, instead of 3.6x) and PatchTST's dropout.
     "width_32_dropout_0.3": {"d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4,
                              "csa_num_attention_heads": 4, "dropout": 0.3},
