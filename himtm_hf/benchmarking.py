@@ -423,6 +423,11 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     # then reads 56 tokens x 32 features, 1.8x the 63 x 16 of PatchTST's, instead of 3.6x) and PatchTST's dropout.
     "width_32_dropout_0.3": {"d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4,
                              "csa_num_attention_heads": 4, "dropout": 0.3},
+    # The two best `full`-budget changes on ETTh1 together (NOTES point (16)): the smaller, more regularised model
+    # and the instance-target + zero-head pair; each alone was 1.017x and 1.008x supervised PatchTST there.
+    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros": {
+        "d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4, "csa_num_attention_heads": 4,
+        "dropout": 0.3, "distillation_target_norm": "instance", "forecast_head_init": "zeros"},
     # The defaults' model, with the pre-training checkpoint (and its early stopping) chosen by the validation
     # reconstruction loss instead of the total: the HSD part's target moves with the weights (NOTES point (14)).
     "select_by_reconstruction": {},
