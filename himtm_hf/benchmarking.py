@@ -434,6 +434,10 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
 }
 # Variants fine-tuned from a random initialisation instead of their own pre-training.
 NO_PRETRAIN_VARIANTS = {"no_pretrain"}
+# What `scripts/ablate.py` runs unless told otherwise: the paper's ablation table (each of its four parts removed)
+# and the two sweeps. The other variants are diagnostics and recipe candidates, run by name.
+PAPER_ABLATION_VARIANTS: list[str] = ["full", "no_hmt", "no_ded", "no_hsd", "no_csa", "hierarchies_1", "hierarchies_2",
+                                      "hierarchies_4", "mask_0.3", "mask_0.4", "mask_0.6", "mask_0.7"]
 # Variants whose pre-training keeps the checkpoint with the lowest value of this validation loss (others: "loss").
 PRETRAIN_METRIC_VARIANTS = {"select_by_reconstruction": "reconstruction_loss"}
 

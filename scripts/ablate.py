@@ -1,5 +1,7 @@
 """HiMTM ablation: the paper's components (HMT, DED, HSD, CSA-FT), hierarchy count 1-4, mask ratio 0.3-0.7.
 
+Those are the default `--variants`; the diagnostics and recipe candidates of `ABLATION_VARIANTS` run by name.
+
     python scripts/ablate.py --datasets ETTh1 --budget cpu --seeds 1 2
     python scripts/ablate.py --budget quick --datasets ETTh1 --variants full no_hsd   # CI smoke run
 
@@ -17,6 +19,7 @@ from transformers import HfArgumentParser
 from himtm_hf.benchmarking import (
     ABLATION_VARIANTS,
     BUDGETS,
+    PAPER_ABLATION_VARIANTS,
     RESULTS_DIR,
     budget_by_name,
     regenerate_results_md,
@@ -30,7 +33,10 @@ class AblationArguments:
 
     budget: str = field(default="cpu", metadata={"help": " | ".join(BUDGETS) + " (himtm_hf.benchmarking.BUDGETS)."})
     datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2"])
-    variants: list[str] = field(default_factory=lambda: list(ABLATION_VARIANTS))
+    variants: list[str] = field(
+        default_factory=lambda: list(PAPER_ABLATION_VARIANTS),
+        metadata={"help": "Keys of himtm_hf.benchmarking.ABLATION_VARIANTS; default: the paper's table and sweeps."},
+    )
     horizon: int = 96
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     context_length: int = 512

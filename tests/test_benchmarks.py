@@ -128,14 +128,31 @@ def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_
     assert text.count("| `cpu` | CPU |") == 1
 
 
-def _speed_module():
+def _script_module(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("benchmark_speed", ROOT / "scripts" / "benchmark_speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = speed  # dataclasses look their module up there
-    spec.loader.exec_module(speed)
-    return speed
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _speed_module():
+    return _script_module("benchmark_speed")
+
+
+def test_ablate_runs_the_papers_table_and_sweeps_by_default():
+    """Without `--variants`, ablate.py runs the paper's ablation (each part removed) and the two sweeps, and none of
+    the diagnostics or recipe candidates (those would multiply a default run's cost)."""
+    from himtm_hf.benchmarking import ABLATION_VARIANTS
+
+    variants = _script_module("ablate").AblationArguments().variants
+    assert set(variants) <= set(ABLATION_VARIANTS) and len(set(variants)) == len(variants)
+    assert {"full", "no_hmt", "no_ded", "no_hsd", "no_csa"} <= set(variants)
+    assert {v for v in variants if v.startswith("hierarchies_")} == {"hierarchies_1", "hierarchies_2", "hierarchies_4"}
+    assert {v for v in variants if v.startswith("mask_")} == {"mask_0.3", "mask_0.4", "mask_0.6", "mask_0.7"}
+    assert not {"no_pretrain", "width_128", "select_by_reconstruction", "hsd_instance_norm"} & set(variants)
 
 
 def test_cpu_peak_memory_is_measured_reproducibly_in_a_child():
