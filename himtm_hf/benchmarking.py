@@ -379,6 +379,13 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
 # Ablation
 # ----------------------------------------------------------------------------------------------------------------------
 
+# Half the ETTh width with supervised PatchTST's small-data dropout (the `width_32_dropout_0.3` variants below).
+_WIDTH_32_DROPOUT_03: dict[str, Any] = {"d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4,
+                                        "csa_num_attention_heads": 4, "dropout": 0.3}
+# Instance-normalised HSD targets with the zero-initialised forecast head (the `hsd_instance_norm_head_init_zeros`
+# variants below).
+_INSTANCE_TARGETS_ZERO_HEAD: dict[str, Any] = {"distillation_target_norm": "instance", "forecast_head_init": "zeros"}
+
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "no_hmt": {"use_hmt": False},
@@ -408,7 +415,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "hsd_instance_norm": {"distillation_target_norm": "instance"},
     # Both: instance-normalised HSD targets and the zero-initialised forecast head (the HSD-keeping counterpart of
     # no_hsd_head_init_zeros).
-    "hsd_instance_norm_head_init_zeros": {"distillation_target_norm": "instance", "forecast_head_init": "zeros"},
+    "hsd_instance_norm_head_init_zeros": dict(_INSTANCE_TARGETS_ZERO_HEAD),
     # Dropout before the forecast projection (the flatten head holds most of the forecaster's parameters).
     "head_dropout_0.3": {"head_dropout": 0.3},
     # Diagnostics of the accuracy gap (docs/results/NOTES.md): a masking unit of 32 steps instead of 64, no
@@ -421,13 +428,10 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     # Closer to supervised PatchTST's small-dataset size (d_model 16, dropout 0.3): at the `full` budget HiMTM's
     # fine-tuning on ETTh1 peaks at epoch 1-3 and then over-fits (NOTES point (14)); half the width (the flatten head
     # then reads 56 tokens x 32 features, 1.8x the 63 x 16 of PatchTST's, instead of 3.6x) and PatchTST's dropout.
-    "width_32_dropout_0.3": {"d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4,
-                             "csa_num_attention_heads": 4, "dropout": 0.3},
+    "width_32_dropout_0.3": dict(_WIDTH_32_DROPOUT_03),
     # The two best `full`-budget changes on ETTh1 together (NOTES point (16)): the smaller, more regularised model
     # and the instance-target + zero-head pair; each alone was 1.017x and 1.008x supervised PatchTST there.
-    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros": {
-        "d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4, "csa_num_attention_heads": 4,
-        "dropout": 0.3, "distillation_target_norm": "instance", "forecast_head_init": "zeros"},
+    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros": {**_WIDTH_32_DROPOUT_03, **_INSTANCE_TARGETS_ZERO_HEAD},
     # The defaults' model, with the pre-training checkpoint (and its early stopping) chosen by the validation
     # reconstruction loss instead of the total: the HSD part's target moves with the weights (NOTES point (14)).
     "select_by_reconstruction": {},
