@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_FIELDS = {"dataset", "prediction_length", "model", "mse", "mae", "budget", "seed", "finetune_epochs",
@@ -128,26 +129,12 @@ def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_
     assert text.count("| `cpu` | CPU |") == 1
 
 
-def _script_module(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _speed_module():
-    return _script_module("benchmark_speed")
-
-
 def test_ablate_runs_the_papers_table_and_sweeps_by_default():
     """Without `--variants`, ablate.py runs the paper's ablation (each part removed) and the two sweeps, and none of
     the diagnostics or recipe candidates (those would multiply a default run's cost)."""
     from himtm_hf.benchmarking import ABLATION_VARIANTS
 
-    variants = _script_module("ablate").AblationArguments().variants
+    variants = load_script("ablate").AblationArguments().variants
     assert set(variants) <= set(ABLATION_VARIANTS) and len(set(variants)) == len(variants)
     assert {"full", "no_hmt", "no_ded", "no_hsd", "no_csa"} <= set(variants)
     assert {v for v in variants if v.startswith("hierarchies_")} == {"hierarchies_1", "hierarchies_2", "hierarchies_4"}
@@ -158,7 +145,7 @@ def test_ablate_runs_the_papers_table_and_sweeps_by_default():
 def test_cpu_peak_memory_is_measured_reproducibly_in_a_child():
     """The CPU memory child (fixed mmap threshold) gives the same numbers twice and sees a training step (activations,
     gradients, optimiser state) use more than an inference pass."""
-    speed = _speed_module()
+    speed = load_script("benchmark_speed")
     args = speed.SpeedArguments(batch_size=8, d_model=32, num_heads=4, ffn_dim=64)
     first, second = (speed._run_child("--_memory_child", "himtm_prediction", 512, args, speed.MEMORY_CHILD_ENV)
                      for _ in range(2))
@@ -190,7 +177,7 @@ def test_cpu_long_budget_differs_from_cpu_lr_budget_only_in_pretraining_epochs()
 @pytest.mark.parametrize(("field", "value", "allowed"), [("compile", "fast", "reduce-overhead"),
                                                          ("dtype", "float16", "bfloat16"), ("device", "gpu", "cuda")])
 def test_speed_arguments_are_checked_before_any_model_is_built(field, value, allowed):
-    speed = _speed_module()
+    speed = load_script("benchmark_speed")
     with pytest.raises(ValueError, match=f"{value}.*{allowed}"):
         speed.check_arguments(speed.SpeedArguments(**{field: value}))
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_loading import load_script
 
 from himtm_hf import HiMTMConfig
 from himtm_hf.data import load_splits
@@ -41,16 +42,6 @@ from himtm_hf.training import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load_script(name: str):
-    """Imports scripts/<name>.py under a private module name (putting scripts/ on sys.path would let
-    scripts/evaluate.py shadow the `evaluate` package for every later test)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_himtm_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 L, H = 64, 16
 TINY_MODEL = [
@@ -190,7 +181,7 @@ def test_sampler_and_caps():
 
 
 def run_pretrain_script(output_dir: Path, *extra: str) -> Path:
-    pretrain_script = _load_script("pretrain")
+    pretrain_script = load_script("pretrain")
 
     return pretrain_script.main([*TINY_MODEL, *TINY_RUN, "--output_dir", str(output_dir), "--save_steps", "3",
                                  "--dropout", "0.1", "--seed", "5", *extra])
@@ -288,7 +279,7 @@ def test_output_dir_and_bad_dataset_errors(tmp_path):
 
 def test_finetune_end_to_end_writes_the_layout(tmp_path):
     """Pre-train -> fine-tune -> evaluate on ETTh1 slices; every layout file, metrics on every test window."""
-    finetune_script = _load_script("finetune")
+    finetune_script = load_script("finetune")
 
     pretrained = run_pretrain_script(tmp_path / "pt", "--max_steps", "3", "--teacher_type", "ema")
     out = tmp_path / "ft"
