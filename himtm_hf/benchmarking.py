@@ -385,6 +385,8 @@ _WIDTH_32_DROPOUT_03: dict[str, Any] = {"d_model": 32, "num_attention_heads": 4,
 # Instance-normalised HSD targets with the zero-initialised forecast head (the `hsd_instance_norm_head_init_zeros`
 # variants below).
 _INSTANCE_TARGETS_ZERO_HEAD: dict[str, Any] = {"distillation_target_norm": "instance", "forecast_head_init": "zeros"}
+# Both: the best recipe measured at the `full` budget (NOTES points (17)-(18)), the base of its diagnostics below.
+_FULL_BUDGET_RECIPE: dict[str, Any] = {**_WIDTH_32_DROPOUT_03, **_INSTANCE_TARGETS_ZERO_HEAD}
 
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -431,14 +433,13 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "width_32_dropout_0.3": dict(_WIDTH_32_DROPOUT_03),
     # The two best `full`-budget changes on ETTh1 together (NOTES point (16)): the smaller, more regularised model
     # and the instance-target + zero-head pair; each alone was 1.017x and 1.008x supervised PatchTST there.
-    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros": {**_WIDTH_32_DROPOUT_03, **_INSTANCE_TARGETS_ZERO_HEAD},
+    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros": dict(_FULL_BUDGET_RECIPE),
     # That recipe's H = 720 fine-tuning on ETTh1 peaks at epoch 1-2 and then over-fits (NOTES point (17)). Is it the
     # flatten head (dropout before it, as supervised PatchTST's `head_dropout` would do) or the encoder drifting
     # away from its pre-training (the encoder frozen: CSA-FT and the projection trained only, a diagnostic)?
-    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_head_dropout_0.3": {
-        **_WIDTH_32_DROPOUT_03, **_INSTANCE_TARGETS_ZERO_HEAD, "head_dropout": 0.3},
-    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_frozen_encoder": {
-        **_WIDTH_32_DROPOUT_03, **_INSTANCE_TARGETS_ZERO_HEAD, "freeze_encoder": True},
+    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_head_dropout_0.3": {**_FULL_BUDGET_RECIPE, "head_dropout": 0.3},
+    "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_frozen_encoder": {**_FULL_BUDGET_RECIPE,
+                                                                              "freeze_encoder": True},
     # The defaults' model, with the pre-training checkpoint (and its early stopping) chosen by the validation
     # reconstruction loss instead of the total: the HSD part's target moves with the weights (NOTES point (14)).
     "select_by_reconstruction": {},
