@@ -215,28 +215,33 @@ def _last_train_loss(history: list[dict[str, Any]]) -> float | None:
     return float(losses[-1]) if losses else None
 
 
-def finetune_model(model_name: str, splits: SplitData, budget: Budget, seed: int, work_dir: Path,
-                   pretrained: Path | None, himtm_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tunes (from `pretrained`) or trains from scratch, then evaluates on the test split."""
+def build_forecaster(model_name: str, splits: SplitData, budget: Budget, pretrained: Path | None,
+                     himtm_overrides: dict[str, Any] | None = None):
+    """The forecaster `finetune_model` trains: HiMTM from `pretrained` (or from scratch), supervised PatchTST, or
+    self-supervised PatchTST from its pre-training. Call `set_seed` first for the benchmark's initialisation."""
     from transformers import PatchTSTForPrediction
 
-    from .training.loop import train_model
-
-    set_seed(seed)
     L, H, C = splits.context_length, splits.prediction_length, splits.num_channels
     if model_name == "himtm":
         if pretrained is not None:
-            model = HiMTMForPrediction.from_pretrained(pretrained, prediction_length=H, num_input_channels=C,
-                                                       **(himtm_overrides or {}))
-        else:
-            model = HiMTMForPrediction(himtm_config(splits.name, L, H, C, budget, **(himtm_overrides or {})))
-    elif model_name == "patchtst_supervised":
-        model = PatchTSTForPrediction(patchtst_config("supervised", splits.name, L, H, C, budget))
-    else:
-        config = patchtst_config("selfsupervised", splits.name, L, H, C, budget)
-        config.do_mask_input = False
-        model = PatchTSTForPrediction.from_pretrained(pretrained, config=config)
-    out_dir = work_dir / f"{model_name}-H{H}"
+            return HiMTMForPrediction.from_pretrained(pretrained, prediction_length=H, num_input_channels=C,
+                                                      **(himtm_overrides or {}))
+        return HiMTMForPrediction(himtm_config(splits.name, L, H, C, budget, **(himtm_overrides or {})))
+    if model_name == "patchtst_supervised":
+        return PatchTSTForPrediction(patchtst_config("supervised", splits.name, L, H, C, budget))
+    config = patchtst_config("selfsupervised", splits.name, L, H, C, budget)
+    config.do_mask_input = False
+    return PatchTSTForPrediction.from_pretrained(pretrained, config=config)
+
+
+def finetune_model(model_name: str, splits: SplitData, budget: Budget, seed: int, work_dir: Path,
+                   pretrained: Path | None, himtm_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tunes (from `pretrained`) or trains from scratch, then evaluates on the test split."""
+    from .training.loop import train_model
+
+    set_seed(seed)
+    model = build_forecaster(model_name, splits, budget, pretrained, himtm_overrides)
+    out_dir = work_dir / f"{model_name}-H{splits.prediction_length}"
     result = train_model(model, splits.train, splits.val, _train_args(budget, "finetune", out_dir, seed))
     metrics = _evaluate(result.model, splits, budget)
     metrics.update({"finetune_steps": result.global_step, "finetune_epochs": result.epochs,

@@ -22,22 +22,20 @@ CHANNELS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 
 
 def train(which: str, pretrained: str | None) -> None:
-    from transformers import PatchTSTForPrediction, set_seed
+    from transformers import set_seed
 
-    from himtm_hf.benchmarking import BUDGETS, _train_args, patchtst_config
+    from himtm_hf.benchmarking import BUDGETS, _train_args, build_forecaster
     from himtm_hf.data import load_splits
-    from himtm_hf.modeling_himtm import HiMTMForPrediction
     from himtm_hf.training.loop import predict, train_model
 
     budget, seed, horizon = BUDGETS["full"], 2021, 720
     splits = load_splits("ETTh1", context_length=512, prediction_length=horizon)
     set_seed(seed)
     if which == "himtm":
-        model = HiMTMForPrediction.from_pretrained(pretrained, prediction_length=horizon,
-                                                   num_input_channels=splits.num_channels, freeze_encoder=False)
+        # `freeze_encoder=False`: the frozen-encoder variant's pre-training folder (the same weights) also works.
+        model = build_forecaster("himtm", splits, budget, Path(pretrained), {"freeze_encoder": False})
     else:
-        model = PatchTSTForPrediction(patchtst_config("supervised", "ETTh1", 512, horizon, splits.num_channels,
-                                                      budget))
+        model = build_forecaster("patchtst_supervised", splits, budget, None)
     result = train_model(model, splits.train, splits.val, _train_args(budget, "finetune", OUT / which, seed))
     arrays = {}
     for name, dataset in (("val", splits.val), ("test", splits.test)):
