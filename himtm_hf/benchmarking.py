@@ -387,6 +387,9 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
 # Half the ETTh width with supervised PatchTST's small-data dropout (the `width_32_dropout_0.3` variants below).
 _WIDTH_32_DROPOUT_03: dict[str, Any] = {"d_model": 32, "num_attention_heads": 4, "decoder_num_attention_heads": 4,
                                         "csa_num_attention_heads": 4, "dropout": 0.3}
+# Supervised PatchTST/64's own small-data size (d_model 16, 4 heads, dropout 0.3): the `full` budget's width trend
+# (64 -> 32 better on both ETTh datasets, NOTES point (16)) taken down to the baseline's width.
+_WIDTH_16_DROPOUT_03: dict[str, Any] = {**_WIDTH_32_DROPOUT_03, "d_model": 16}
 # Instance-normalised HSD targets with the zero-initialised forecast head (the `hsd_instance_norm_head_init_zeros`
 # variants below).
 _INSTANCE_TARGETS_ZERO_HEAD: dict[str, Any] = {"distillation_target_norm": "instance", "forecast_head_init": "zeros"}
@@ -439,6 +442,9 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     # The two best `full`-budget changes on ETTh1 together (NOTES point (16)): the smaller, more regularised model
     # and the instance-target + zero-head pair; each alone was 1.017x and 1.008x supervised PatchTST there.
     "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros": dict(_FULL_BUDGET_RECIPE),
+    # The recipe at supervised PatchTST's width (the flatten head then reads 56 tokens x 16 features, 0.9x PatchTST's
+    # 63 x 16): does the width trend of NOTES point (16) go on below 32 at the `full` budget?
+    "width_16_dropout_0.3_hsd_instance_norm_head_init_zeros": {**_WIDTH_16_DROPOUT_03, **_INSTANCE_TARGETS_ZERO_HEAD},
     # That recipe's H = 720 fine-tuning on ETTh1 peaks at epoch 1-2 and then over-fits (NOTES point (17)). Is it the
     # flatten head (dropout before it, as supervised PatchTST's `head_dropout` would do) or the encoder drifting
     # away from its pre-training (the encoder frozen: CSA-FT and the projection trained only, a diagnostic)?
