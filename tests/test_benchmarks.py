@@ -174,6 +174,31 @@ def test_cpu_long_budget_differs_from_cpu_lr_budget_only_in_pretraining_epochs()
     assert long["pretrain_epochs"] == 4 * short["pretrain_epochs"]
 
 
+def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
+    """The LP-FT variant spends 0.3 of the budget's fine-tuning epochs on the head alone (the record says how many),
+    and a step-counted budget, which has no epochs to split, is refused with a message saying so."""
+    from himtm_hf.benchmarking import (
+        HEAD_FIRST_VARIANTS,
+        Budget,
+        _head_only_epochs,
+        budget_by_name,
+        run_accuracy,
+    )
+
+    (variant,) = HEAD_FIRST_VARIANTS
+    assert _head_only_epochs(variant, budget_by_name("full")) == pytest.approx(3.0)
+    assert _head_only_epochs("width_32_dropout_0.3_hsd_instance_norm_head_init_zeros", budget_by_name("full")) == 0
+    with pytest.raises(ValueError, match="counts steps"):
+        _head_only_epochs(variant, budget_by_name("quick"))
+    tiny = Budget("tiny_epochs", 1, 2, batch_size=8, max_train_windows=64, max_eval_windows=32, max_test_windows=64,
+                  tiny_models=True)
+    (record,) = run_accuracy(["ETTh1"], [96], ["himtm"], tiny, [1], tmp_path / "work", tmp_path / "results",
+                             himtm_variant=variant)
+    assert record["finetune_head_only_epochs"] == pytest.approx(0.6) and record["variant"] == variant
+    head_log = tmp_path / "work" / "ETTh1" / "seed1" / variant / "himtm-H96" / "head_only" / "log.jsonl"
+    assert head_log.is_file() and record["finetune_steps"] == 5 + 12  # 8 steps an epoch: ceil(4.8) + ceil(11.2)
+
+
 @pytest.mark.parametrize(("field", "value", "allowed"), [("compile", "fast", "reduce-overhead"),
                                                          ("dtype", "float16", "bfloat16"), ("device", "gpu", "cuda")])
 def test_speed_arguments_are_checked_before_any_model_is_built(field, value, allowed):

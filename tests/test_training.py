@@ -37,6 +37,7 @@ from himtm_hf.training import (
     pretrain,
     run_main_job,
     seed_for_micro_batch,
+    set_encoder_frozen,
     train_model,
 )
 
@@ -340,6 +341,66 @@ def test_linear_probe_trains_only_the_head(tmp_path):
     encoder = [k for k in after if k.startswith("model.")]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert json.loads((out / "metrics.json").read_text())["test"]["num_windows"] == 50
+
+
+def test_head_only_epochs_train_the_head_first_then_everything_at_half_the_rate(tmp_path):
+    """LP-FT (`--head_only_epochs`): phase 1 leaves the encoder at its pre-trained weights and trains the head at the
+    learning rate, phase 2 trains everything at half of it, and the saved model is the checkpoint with the lowest
+    validation loss over both phases."""
+    pretrained = run_pretrain_script(tmp_path / "pt", "--max_steps", "2")
+    out = tmp_path / "lpft"
+    metrics = finetune(ModelArguments(), DataArguments(context_length=L, prediction_length=H),
+                       FinetuneArguments(output_dir=str(out), pretrained_model_path=str(pretrained),
+                                         head_only_epochs=1, num_train_epochs=3, learning_rate=1e-3,
+                                         lr_scheduler_type="constant", per_device_train_batch_size=8,
+                                         max_train_windows=24, max_eval_windows=16, max_test_windows=50,
+                                         eval_every_steps=1, save_steps=1, early_stopping_patience=0,
+                                         logging_steps=1, plot_windows=0, disable_tqdm=True, use_cpu=True))
+    head_log, full_log = read_log(out / "head_only" / "log.jsonl"), read_log(out / "log.jsonl")
+    assert [r["lr"] for r in head_log if r["split"] == "train"] == [1e-3] * 3  # 24 windows / 8 = 3 steps an epoch
+    assert [r["lr"] for r in full_log if r["split"] == "train"] == [5e-4] * 6
+    assert metrics["steps"] == 9 and metrics["head_only_epochs"] == 1.0
+
+    before = load_file(str(pretrained / "model.safetensors"))
+    encoder = [k for k in before if k.startswith("model.")]
+
+    def encoder_moved(checkpoint: Path) -> bool:
+        weights = load_file(str(checkpoint / "model.safetensors"))
+        return any(not torch.equal(before[k], weights[k]) for k in encoder)
+
+    assert encoder and not any(encoder_moved(out / "head_only" / "checkpoints" / f"step-{i}") for i in (1, 2, 3))
+    assert all(encoder_moved(out / "checkpoints" / f"step-{i}") for i in range(1, 7))
+    # the best validation over both phases is what was saved (phase 2's steps count after phase 1's 3)
+    val = [(r["loss"], out / "head_only" / "checkpoints" / f"step-{r['step']}", r["step"])
+           for r in head_log if r["split"] == "val"]
+    val += [(r["loss"], out / "checkpoints" / f"step-{r['step']}", 3 + r["step"]) for r in full_log if r["split"] == "val"]
+    best_loss, best_checkpoint, best_step = min(val, key=lambda v: v[0])
+    assert metrics["best_val_loss"] == pytest.approx(best_loss) and metrics["best_step"] == best_step
+    assert max_abs_diff(best_checkpoint / "model.safetensors", out / "model.safetensors") == 0
+    assert json.loads((out / "config.json").read_text())["freeze_encoder"] is False  # saved unfrozen
+
+    common = dict(output_dir=str(tmp_path / "x"), pretrained_model_path=str(pretrained), num_train_epochs=2)
+    for bad, message in ((dict(head_only_epochs=2), "must be below --num_train_epochs"),
+                         (dict(head_only_epochs=1, linear_probe=True), "contradict each other"),
+                         (dict(head_only_epochs=1, max_steps=4), "use --num_train_epochs instead"),
+                         (dict(head_only_epochs=-1), "must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            FinetuneArguments(**common, **bad)
+
+
+def test_set_encoder_frozen_freezes_patchtst_backbone_not_its_head():
+    from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+    model = PatchTSTForPrediction(PatchTSTConfig(num_input_channels=3, context_length=L, prediction_length=H,
+                                                 patch_length=8, patch_stride=8, d_model=16, num_attention_heads=2,
+                                                 num_hidden_layers=1, ffn_dim=32, pooling_type=None))
+    set_encoder_frozen(model, True)
+    assert not any(p.requires_grad for p in model.model.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    set_encoder_frozen(model, False)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="cannot be trained alone"):
+        set_encoder_frozen(torch.nn.Linear(2, 2), True)
 
 
 def test_generic_loop_trains_patchtst(tmp_path):

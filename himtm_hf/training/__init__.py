@@ -6,7 +6,8 @@ Public API::
         ModelArguments, DataArguments, TrainArguments, PretrainArguments, FinetuneArguments,
         EvaluateArguments, MainJobArguments, parse_args,
         pretrain, finetune, evaluate_model, run_main_job,          # whole runs (write a run folder)
-        train_model, predict, forecast_metrics, make_accelerator,  # building blocks (e.g. for PatchTST)
+        train_model, train_head_then_model, set_encoder_frozen,    # building blocks (e.g. for PatchTST)
+        predict, forecast_metrics, make_accelerator,
     )
 
 See `docs/training.md` for the run-folder layout, the launch commands and the determinism scheme.
@@ -39,8 +40,10 @@ from .loop import (
     prepare_output_dir,
     resolve_mixed_precision,
     seed_for_micro_batch,
+    set_encoder_frozen,
     setup_logging,
     step_seed,
+    train_head_then_model,
     train_model,
     write_run_args,
 )
@@ -92,6 +95,8 @@ __all__ = [
     "seed_for_micro_batch",
     "setup_logging",
     "step_seed",
+    "set_encoder_frozen",
+    "train_head_then_model",
     "train_model",
     "write_run_args",
 ]

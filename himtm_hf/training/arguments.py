@@ -387,12 +387,36 @@ class FinetuneArguments(TrainArguments):
         default=None, metadata={"help": "Pre-training run folder (or Hub id) to start from; not given: from scratch."}
     )
     linear_probe: bool = field(default=False, metadata={"help": "Freeze the encoder; train the CSA-FT head only."})
+    head_only_epochs: float = field(
+        default=0.0,
+        metadata={"help": "Train the CSA-FT head alone (encoder frozen) for this many of the --num_train_epochs first, "
+                          "then the whole model at half the learning rate (LP-FT, PatchTST's own fine-tuning of a "
+                          "pre-trained encoder); 0: fine-tune everything from the start."},
+    )
     max_test_windows: int | None = field(
         default=None,
         metadata={"help": "Cap the TEST windows (evenly strided). Not given: every test window, as the protocol says."},
     )
     plot_windows: int = field(default=3, metadata={"help": "Test windows in forecast_plot.png (0: no plot)."})
     plot_channels: int = field(default=3, metadata={"help": "Channels in forecast_plot.png."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head_only_epochs < 0:
+            raise ValueError(f"--head_only_epochs must be >= 0, got {self.head_only_epochs}.")
+        if self.head_only_epochs > 0:
+            if self.linear_probe:
+                raise ValueError("--head_only_epochs and --linear_probe contradict each other: linear probing never "
+                                 "unfreezes the encoder. Use one of them.")
+            if self.max_steps > 0:
+                raise ValueError(f"--head_only_epochs splits --num_train_epochs between the head-only and the full "
+                                 f"phase, but --max_steps {self.max_steps} is set; use --num_train_epochs instead.")
+            if self.head_only_epochs >= self.num_train_epochs:
+                raise ValueError(f"--head_only_epochs ({self.head_only_epochs}) must be below --num_train_epochs "
+                                 f"({self.num_train_epochs}): the remaining epochs fine-tune the whole model.")
+            if self.resume_from_checkpoint:
+                raise ValueError("--resume_from_checkpoint is not supported with --head_only_epochs; start the run "
+                                 "again.")
 
 
 @dataclass

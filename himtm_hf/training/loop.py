@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ __all__ = [
     "seed_for_micro_batch",
     "setup_logging",
     "step_seed",
+    "set_encoder_frozen",
+    "train_head_then_model",
     "train_model",
     "write_run_args",
 ]
@@ -74,6 +76,7 @@ LOG_FILE = "log.jsonl"
 RUN_ARGS_FILE = "run_args.json"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "forecast_plot.png"
+HEAD_ONLY_DIR = "head_only"  # the first phase of `train_head_then_model`
 LAYOUT_FILES = (
     "config.json",
     "model.safetensors",
@@ -85,6 +88,7 @@ LAYOUT_FILES = (
     METRICS_FILE,
     PLOT_FILE,
     CHECKPOINTS_DIR,
+    HEAD_ONLY_DIR,
 )
 """Names a run writes in its output folder; `--overwrite_output_dir` removes exactly these (nothing else)."""
 
@@ -882,6 +886,105 @@ def train_model(
     accelerator.free_memory()
     unwrapped.eval()
     return result
+
+
+def set_encoder_frozen(model: torch.nn.Module, frozen: bool) -> None:
+    """Freezes (or unfreezes) a forecaster's encoder, leaving its head trainable: `HiMTMForPrediction.freeze_encoder`,
+    or the `.model` backbone of transformers' forecasters (`PatchTSTForPrediction.model`)."""
+    if hasattr(model, "freeze_encoder") and callable(model.freeze_encoder):
+        model.freeze_encoder(frozen)
+    elif isinstance(getattr(model, "model", None), torch.nn.Module):
+        model.model.requires_grad_(not frozen)
+    else:
+        raise ValueError(
+            f"{type(model).__name__} has neither a `freeze_encoder` method nor a `.model` encoder, so its head cannot "
+            "be trained alone; fine-tune it without --head_only_epochs."
+        )
+
+
+def train_head_then_model(
+    model: PreTrainedModel,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    train_args: TrainArguments,
+    head_only_epochs: float,
+    accelerator: Accelerator | None = None,
+    prepare_output: bool = True,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> TrainResult:
+    """Two-phase fine-tuning of a pre-trained forecaster (linear probing, then full fine-tuning: "LP-FT"), the
+    protocol of PatchTST's own self-supervised fine-tuning (`Learner.fine_tune(n_epochs, base_lr, freeze_epochs)`).
+
+    Phase 1 trains the head alone, with the encoder frozen, for `head_only_epochs` at `train_args.learning_rate`
+    (its run files go to `output_dir/head_only/`). Phase 2 unfreezes the encoder and trains everything for the rest
+    of `train_args.num_train_epochs` at half that learning rate, each phase with its own warm-up/decay schedule and
+    early stopping. The returned weights are those with the lowest validation loss over both phases. Why: a fresh
+    head trained together with a pre-trained encoder sends its early, large gradients into the encoder; a head
+    fitted first leaves the encoder less to undo.
+
+    Args:
+        model, train_dataset, val_dataset, accelerator, collate_fn: as in [`train_model`].
+        train_args: [`TrainArguments`]; `num_train_epochs` is the total of both phases (`max_steps` must be off,
+            and resuming is not supported).
+        head_only_epochs: epochs of phase 1, `0 < head_only_epochs < num_train_epochs`.
+        prepare_output: check/create `train_args.output_dir` here.
+
+    Returns:
+        [`TrainResult`] over both phases: `global_step`, `epochs` and `wall_time_s` add up, `best_step` counts from the
+        start of phase 1, `history` holds phase 1's log lines (`"phase": "head_only"`) then phase 2's.
+    """
+    if train_args.max_steps > 0:
+        raise ValueError(
+            f"--head_only_epochs splits --num_train_epochs between the two phases, but --max_steps {train_args.max_steps} "
+            "is set; use --num_train_epochs instead (or drop --head_only_epochs)."
+        )
+    if not 0 < head_only_epochs < train_args.num_train_epochs:
+        raise ValueError(
+            f"--head_only_epochs must be > 0 and below --num_train_epochs ({train_args.num_train_epochs}), got "
+            f"{head_only_epochs}: the rest of the epochs fine-tune the whole model."
+        )
+    if train_args.resume_from_checkpoint:
+        raise ValueError("--resume_from_checkpoint is not supported with --head_only_epochs; start the run again.")
+    if getattr(getattr(model, "config", None), "freeze_encoder", False):
+        raise ValueError("The model's encoder is frozen (linear probing); --head_only_epochs needs a model whose "
+                         "encoder is fine-tuned after the head. Use one or the other.")
+    accelerator = accelerator or make_accelerator(train_args)
+    output_dir = Path(train_args.output_dir)
+    if prepare_output:
+        prepare_output_dir(output_dir, train_args.overwrite_output_dir, False, accelerator)
+
+    # Each phase is a plain run of `train_model` (a FinetuneArguments' own `head_only_epochs` is this split, done here).
+    plain = {"head_only_epochs": 0.0} if hasattr(train_args, "head_only_epochs") else {}
+    set_encoder_frozen(model, True)
+    head_args = replace(train_args, output_dir=str(output_dir / HEAD_ONLY_DIR), overwrite_output_dir=True,
+                        num_train_epochs=head_only_epochs, **plain)
+    head = train_model(model, train_dataset, val_dataset, head_args, accelerator, prepare_output=True,
+                       collate_fn=collate_fn)
+    head_best = _cpu_state(head.model) if head.best_val_loss is not None else None
+
+    set_encoder_frozen(head.model, False)
+    all_args = replace(train_args, num_train_epochs=train_args.num_train_epochs - head_only_epochs,
+                       learning_rate=train_args.learning_rate / 2, **plain)
+    full = train_model(head.model, train_dataset, val_dataset, all_args, head.accelerator, prepare_output=False,
+                       collate_fn=collate_fn)
+
+    best_val_loss, best_step = full.best_val_loss, full.best_step
+    if best_step is not None:
+        best_step += head.global_step
+    if head_best is not None and (full.best_val_loss is None or head.best_val_loss <= full.best_val_loss):
+        full.model.load_state_dict(head_best)  # the head-only weights validated better than any later ones
+        best_val_loss, best_step = head.best_val_loss, head.best_step
+    return TrainResult(
+        model=full.model,
+        global_step=head.global_step + full.global_step,
+        epochs=round(head.epochs + full.epochs, 4),
+        best_val_loss=best_val_loss,
+        best_step=best_step,
+        stopped_early=full.stopped_early,
+        wall_time_s=head.wall_time_s + full.wall_time_s,
+        history=[{**h, "phase": HEAD_ONLY_DIR} for h in head.history] + full.history,
+        accelerator=full.accelerator,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from .loop import (
     iterate_forecasts,
     make_accelerator,
     prepare_output_dir,
+    train_head_then_model,
     train_model,
     write_run_args,
 )
@@ -304,7 +305,8 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, train_args: F
     """Fine-tunes (or trains from scratch) `HiMTMForPrediction`, evaluates the best weights and saves everything.
 
     `train_args.pretrained_model_path` = a pre-training folder (encoder transferred, head initialised) or None (from
-    scratch); `train_args.linear_probe` freezes the encoder. The test metrics use every test window unless
+    scratch); `train_args.linear_probe` freezes the encoder; `train_args.head_only_epochs` trains the head alone
+    first ([`train_head_then_model`]). The test metrics use every test window unless
     `train_args.max_test_windows` is given.
 
     Returns:
@@ -330,8 +332,12 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, train_args: F
         model = HiMTMForPrediction(config)
     write_run_args(output_dir, accelerator, model_args=model_args, data_args=data_args, train_args=train_args,
                    config=model.config.to_dict(), script="finetune")
-    result = train_model(model, splits.train, splits.val, train_args, accelerator, is_pretraining=False,
-                         prepare_output=False)
+    if train_args.head_only_epochs > 0:
+        result = train_head_then_model(model, splits.train, splits.val, train_args, train_args.head_only_epochs,
+                                       accelerator, prepare_output=False)
+    else:
+        result = train_model(model, splits.train, splits.val, train_args, accelerator, is_pretraining=False,
+                             prepare_output=False)
     model = result.model
     eval_batch = train_args.per_device_eval_batch_size
     test = forecast_metrics(model, splits.test, splits.scaler, eval_batch, accelerator, train_args.max_test_windows,
@@ -356,6 +362,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, train_args: F
         "num_processes": accelerator.num_processes,
         "pretrained_model_path": str(train_args.pretrained_model_path) if train_args.pretrained_model_path else None,
         "linear_probe": bool(train_args.linear_probe),
+        "head_only_epochs": float(train_args.head_only_epochs),
     }
     if accelerator.is_main_process:
         model.save_pretrained(output_dir)
