@@ -101,7 +101,8 @@ def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(t
 
 def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_default_runs(tmp_path):
     """The table at the top of results.md: per horizon the seeds are averaged first, then the horizons; a model that
-    misses a horizon of the dataset, a HiMTM variant and a run of an older defaults set stay out of it."""
+    misses a horizon of the dataset, a HiMTM variant and a run of an older defaults set stay out of it. The table of
+    the best HiMTM below it takes the lowest complete run of the current set, variants included."""
     from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
 
     results = tmp_path / "results"
@@ -115,7 +116,8 @@ def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_
         ("ETTh1", 96, 1, {"model": "patchtst_selfsupervised"}, 0.30),  # no H = 192: not complete
         ("ETTh1", 96, 3, {**current, "variant": "no_hsd"}, 0.01), ("ETTh1", 192, 3, {**current, "variant": "no_hsd"},
                                                                   0.01),
-        ("ETTh1", 96, 4, {"model": "himtm"}, 0.01), ("ETTh1", 192, 4, {"model": "himtm"}, 0.01),  # defaults set v0
+        ("ETTh1", 96, 4, {"model": "himtm"}, 0.001), ("ETTh1", 192, 4, {"model": "himtm"}, 0.001),  # defaults set v0
+        ("ETTh1", 96, 5, {**current, "variant": "mask_0.7"}, 0.001),  # no H = 192: not complete
         ("ETTh2", 96, 1, {"model": "patchtst_supervised"}, 0.20),  # no HiMTM run: no row
     ]
     for dataset, horizon, seed, fields, mse in runs:
@@ -126,7 +128,9 @@ def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_
     # HiMTM: H=96 mean(0.30, 0.34) = 0.32, H=192 0.40 -> 0.36 over seeds {1, 2}; supervised 0.40; ratio 0.9
     assert "| `cpu` | CPU | ETTh1 | 96/192 | 0.3600 (2) | 0.4000 (1) | – | 0.900 (met) | – |" in head
     assert "## At a glance" in head and "ETTh2" not in head
-    assert text.count("| `cpu` | CPU |") == 1
+    # best of the current set: no_hsd (0.01 at both horizons), not the older set's 0.001 nor the incomplete mask_0.7
+    assert "| `cpu` | CPU | ETTh1 | `no_hsd` | 0.0100 (1) | 0.4000 (1) | – | 0.025 (met) | – |" in head
+    assert text.count("| `cpu` | CPU |") == 2
 
 
 def test_ablate_runs_the_papers_table_and_sweeps_by_default():
