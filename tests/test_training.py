@@ -34,6 +34,7 @@ from himtm_hf.training import (
     mask_draws_per_sample,
     parse_args,
     predict,
+    prepare_output_dir,
     pretrain,
     run_main_job,
     seed_for_micro_batch,
@@ -378,6 +379,9 @@ def test_head_only_epochs_train_the_head_first_then_everything_at_half_the_rate(
     assert metrics["best_val_loss"] == pytest.approx(best_loss) and metrics["best_step"] == best_step
     assert max_abs_diff(best_checkpoint / "model.safetensors", out / "model.safetensors") == 0
     assert json.loads((out / "config.json").read_text())["freeze_encoder"] is False  # saved unfrozen
+    (out / "notes.txt").write_text("keep me")
+    prepare_output_dir(out, overwrite_output_dir=True)  # what --overwrite_output_dir does before a new run
+    assert not (out / "head_only").exists() and (out / "notes.txt").read_text() == "keep me"
 
     common = dict(output_dir=str(tmp_path / "x"), pretrained_model_path=str(pretrained), num_train_epochs=2)
     for bad, message in ((dict(head_only_epochs=2), "must be below --num_train_epochs"),

@@ -88,9 +88,9 @@ LAYOUT_FILES = (
     METRICS_FILE,
     PLOT_FILE,
     CHECKPOINTS_DIR,
-    HEAD_ONLY_DIR,
 )
-"""Names a run writes in its output folder; `--overwrite_output_dir` removes exactly these (nothing else)."""
+"""Names a run writes in its output folder; `--overwrite_output_dir` removes exactly these and `HEAD_ONLY_DIR` (which
+only `--head_only_epochs` runs write), nothing else."""
 
 _EVAL_STREAM = 1 << 40  # offset that separates the evaluation seeds from the training-step seeds
 
@@ -323,7 +323,7 @@ def prepare_output_dir(
         accelerator.wait_for_everyone()  # every process has checked before the main one changes anything
     if accelerator is None or accelerator.is_main_process:
         if non_empty and overwrite_output_dir and not resume:
-            for name in LAYOUT_FILES:
+            for name in (*LAYOUT_FILES, HEAD_ONLY_DIR):
                 target = path / name
                 if target.is_dir():
                     shutil.rmtree(target)
