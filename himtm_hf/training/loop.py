@@ -916,11 +916,11 @@ def train_head_then_model(
     protocol of PatchTST's own self-supervised fine-tuning (`Learner.fine_tune(n_epochs, base_lr, freeze_epochs)`).
 
     Phase 1 trains the head alone, with the encoder frozen, for `head_only_epochs` at `train_args.learning_rate`
-    (its run files go to `output_dir/head_only/`). Phase 2 unfreezes the encoder and trains everything for the rest
-    of `train_args.num_train_epochs` at half that learning rate, each phase with its own warm-up/decay schedule and
-    early stopping. The returned weights are those with the lowest validation loss over both phases. Why: a fresh
-    head trained together with a pre-trained encoder sends its early, large gradients into the encoder; a head
-    fitted first leaves the encoder less to undo.
+    (its run files go to `output_dir/head_only/`). Phase 2 starts from phase 1's best-validated weights, unfreezes
+    the encoder and trains everything for the rest of `train_args.num_train_epochs` at half that learning rate. Each
+    phase has its own warm-up/decay schedule and early stopping; the returned weights are those with the lowest
+    validation loss over both phases. Why: a fresh head trained together with a pre-trained encoder sends its early,
+    large gradients into the encoder; a head fitted first leaves the encoder less to undo.
 
     Args:
         model, train_dataset, val_dataset, accelerator, collate_fn: as in [`train_model`].
