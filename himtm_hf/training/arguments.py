@@ -408,15 +408,22 @@ class FinetuneArguments(TrainArguments):
             if self.linear_probe:
                 raise ValueError("--head_only_epochs and --linear_probe contradict each other: linear probing never "
                                  "unfreezes the encoder. Use one of them.")
-            if self.max_steps > 0:
-                raise ValueError(f"--head_only_epochs splits --num_train_epochs between the head-only and the full "
-                                 f"phase, but --max_steps {self.max_steps} is set; use --num_train_epochs instead.")
-            if self.head_only_epochs >= self.num_train_epochs:
-                raise ValueError(f"--head_only_epochs ({self.head_only_epochs}) must be below --num_train_epochs "
-                                 f"({self.num_train_epochs}): the remaining epochs fine-tune the whole model.")
-            if self.resume_from_checkpoint:
-                raise ValueError("--resume_from_checkpoint is not supported with --head_only_epochs; start the run "
-                                 "again.")
+            check_head_only_epochs(self, self.head_only_epochs)
+
+
+def check_head_only_epochs(train_args: TrainArguments, head_only_epochs: float) -> None:
+    """Raises unless `train_args` can be split into `head_only_epochs` of the head alone and the rest for the whole
+    model (`train_head_then_model`): epochs, not `max_steps`; fewer head-only epochs than in all; no resume."""
+    if train_args.max_steps > 0:
+        raise ValueError(f"--head_only_epochs splits --num_train_epochs between the head-only and the full phase, but "
+                         f"--max_steps {train_args.max_steps} is set; use --num_train_epochs instead.")
+    if head_only_epochs <= 0:
+        raise ValueError(f"--head_only_epochs must be > 0 to train the head first, got {head_only_epochs}.")
+    if head_only_epochs >= train_args.num_train_epochs:
+        raise ValueError(f"--head_only_epochs ({head_only_epochs}) must be below --num_train_epochs "
+                         f"({train_args.num_train_epochs}): the remaining epochs fine-tune the whole model.")
+    if train_args.resume_from_checkpoint:
+        raise ValueError("--resume_from_checkpoint is not supported with --head_only_epochs; start the run again.")
 
 
 @dataclass

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from .arguments import TrainArguments
+from .arguments import TrainArguments, check_head_only_epochs
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -933,18 +933,7 @@ def train_head_then_model(
         [`TrainResult`] over both phases: `global_step`, `epochs` and `wall_time_s` add up, `best_step` counts from the
         start of phase 1, `history` holds phase 1's log lines (`"phase": "head_only"`) then phase 2's.
     """
-    if train_args.max_steps > 0:
-        raise ValueError(
-            f"--head_only_epochs splits --num_train_epochs between the two phases, but --max_steps {train_args.max_steps} "
-            "is set; use --num_train_epochs instead (or drop --head_only_epochs)."
-        )
-    if not 0 < head_only_epochs < train_args.num_train_epochs:
-        raise ValueError(
-            f"--head_only_epochs must be > 0 and below --num_train_epochs ({train_args.num_train_epochs}), got "
-            f"{head_only_epochs}: the rest of the epochs fine-tune the whole model."
-        )
-    if train_args.resume_from_checkpoint:
-        raise ValueError("--resume_from_checkpoint is not supported with --head_only_epochs; start the run again.")
+    check_head_only_epochs(train_args, head_only_epochs)
     if getattr(getattr(model, "config", None), "freeze_encoder", False):
         raise ValueError("The model's encoder is frozen (linear probing); --head_only_epochs needs a model whose "
                          "encoder is fine-tuned after the head. Use one or the other.")
