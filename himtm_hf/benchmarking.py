@@ -12,6 +12,9 @@ Models (configured as in `HIMTM-NOTES.md`, "Configuring the PatchTST baseline fa
   d_model 128 / 16 heads / d_ff 256 / dropout 0.2 elsewhere).
 - `patchtst_selfsupervised`: `PatchTSTForPretraining` (patch 12, stride 12, mask 0.4, d_model 128, 16 heads, d_ff 512,
   3 layers, dropout 0.2), then `PatchTSTForPrediction` initialised from its encoder and fine-tuned.
+- `patchtst_selfsupervised_lp_ft` (run by name, not by default): the same pre-training, fine-tuned head first as
+  PatchTST's own scripts do (`train_head_then_model`, `HEAD_FIRST_MODELS`); the baseline to set beside a HiMTM
+  variant fine-tuned head first, so that both sides get that protocol.
 
 All three use the same splits, train-only standardisation, AdamW + warm-up/cosine schedule, early stopping on
 validation loss, the same learning rates per phase and the same epoch/step budget.
@@ -42,6 +45,13 @@ from .modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "docs" / "results"
 MODELS = ("himtm", "patchtst_supervised", "patchtst_selfsupervised")
+# Models run only when named: self-supervised PatchTST fine-tuned head first, from the same pre-training as
+# `patchtst_selfsupervised` (`PRETRAINING_OF`); the fraction of the fine-tuning epochs spent on the head alone.
+HEAD_FIRST_MODELS: dict[str, float] = {"patchtst_selfsupervised_lp_ft": 0.3}
+ALL_MODELS = MODELS + tuple(HEAD_FIRST_MODELS)
+# The pre-training a model is fine-tuned from (the self-supervised models; one pre-training serves both PatchTSTs).
+PRETRAINING_OF = {"himtm": "himtm", "patchtst_selfsupervised": "patchtst_selfsupervised",
+                  "patchtst_selfsupervised_lp_ft": "patchtst_selfsupervised"}
 SMALL_DATASETS = {"ETTh1", "ETTh2", "national_illness", "exchange_rate"}
 
 
@@ -229,6 +239,8 @@ def build_forecaster(model_name: str, splits: SplitData, budget: Budget, pretrai
         return HiMTMForPrediction(himtm_config(splits.name, L, H, C, budget, **(himtm_overrides or {})))
     if model_name == "patchtst_supervised":
         return PatchTSTForPrediction(patchtst_config("supervised", splits.name, L, H, C, budget))
+    if PRETRAINING_OF.get(model_name) != "patchtst_selfsupervised":
+        raise ValueError(f"Unknown benchmark model {model_name!r}; choose from {list(ALL_MODELS)}.")
     config = patchtst_config("selfsupervised", splits.name, L, H, C, budget)
     config.do_mask_input = False
     return PatchTSTForPrediction.from_pretrained(pretrained, config=config)
@@ -359,24 +371,29 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
         for seed in seeds:
             base_splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                       prediction_length=min(horizons))
-            pretrained: dict[str, tuple[Path, dict[str, Any]]] = {}
+            pretrained: dict[str, tuple[Path | None, dict[str, Any]]] = {}
             for model_name in models:
                 run_dir = work_dir / base_splits.name / f"seed{seed}" / himtm_variant
-                if model_name == "himtm":
-                    pretrained[model_name] = _pretrain_variant(himtm_variant, base_splits, budget, seed, run_dir)
-                elif model_name == "patchtst_selfsupervised":
-                    pretrained[model_name] = pretrain_model(model_name, base_splits, budget, seed, run_dir)
+                source = PRETRAINING_OF.get(model_name)
+                if source is None or source in pretrained:
+                    continue
+                if source == "himtm":
+                    pretrained[source] = _pretrain_variant(himtm_variant, base_splits, budget, seed, run_dir)
+                else:
+                    pretrained[source] = pretrain_model(source, base_splits, budget, seed, run_dir)
             for horizon in horizons:
                 splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                      prediction_length=horizon)
                 for model_name in models:
                     start = time.time()
-                    ckpt, pre_summary = pretrained.get(model_name, (None, {}))
+                    ckpt, pre_summary = pretrained.get(PRETRAINING_OF.get(model_name, ""), (None, {}))
                     is_himtm = model_name == "himtm"
+                    head_only_epochs = (_head_only_epochs(himtm_variant, budget) if is_himtm
+                                        else _head_only_epochs(model_name, budget, HEAD_FIRST_MODELS))
                     metrics = finetune_model(model_name, splits, budget, seed,
                                              work_dir / splits.name / f"seed{seed}" / himtm_variant, ckpt,
                                              _finetune_overrides(overrides, ckpt) if is_himtm else None,
-                                             _head_only_epochs(himtm_variant, budget) if is_himtm else 0.0)
+                                             head_only_epochs)
                     record = {**base_record(splits.name, budget, seed, context_length), "model": model_name,
                               **(variant_fields if is_himtm else {}), "prediction_length": horizon, **pre_summary,
                               **metrics,
@@ -491,11 +508,12 @@ def _pretrain_variant(variant: str, splits: SplitData, budget: Budget, seed: int
                           metric_for_best_model=PRETRAIN_METRIC_VARIANTS.get(variant, "loss"))
 
 
-def _head_only_epochs(variant: str, budget: Budget) -> float:
-    """Head-only fine-tuning epochs of `variant` under `budget` (0: end-to-end from the start)."""
-    fraction = HEAD_FIRST_VARIANTS.get(variant, 0.0)
+def _head_only_epochs(variant: str, budget: Budget, fractions: dict[str, float] | None = None) -> float:
+    """Head-only fine-tuning epochs of `variant` (a HiMTM variant, or a model of `fractions`, default
+    `HEAD_FIRST_VARIANTS`) under `budget` (0: end-to-end from the start)."""
+    fraction = (HEAD_FIRST_VARIANTS if fractions is None else fractions).get(variant, 0.0)
     if fraction and budget.max_steps_finetune > 0:
-        raise ValueError(f"Variant {variant!r} splits the fine-tuning epochs, but budget {budget.name!r} counts "
+        raise ValueError(f"{variant!r} splits the fine-tuning epochs, but budget {budget.name!r} counts "
                          f"steps (max_steps_finetune={budget.max_steps_finetune}); run it with an epoch budget.")
     return fraction * budget.finetune_epochs
 
@@ -675,7 +693,7 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
                   f"Budget: `{json.dumps(rows[0]['budget_detail'])}`.", ""]
         lines += _defaults_legend(rows)
         labels = {_model_label(r) for r in rows}
-        models = [m for m in MODELS if m in labels] + sorted(labels - set(MODELS))
+        models = [m for m in ALL_MODELS if m in labels] + sorted(labels - set(ALL_MODELS))
         lines.append("| dataset | H | " + " | ".join(f"{m} MSE / MAE" for m in models) + " |")
         lines.append("|---|---|" + "---|" * len(models))
         table: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)

@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from himtm_hf.benchmarking import (
+    ALL_MODELS,
     BUDGETS,
     MODELS,
     RESULTS_DIR,
@@ -35,7 +36,9 @@ class AccuracyArguments:
         "help": "Forecast horizons. The pre-training uses the windows of the shortest one given, so a run of fewer "
                 "horizons pre-trains on other windows than the four-horizon run (ETTh1: 7409 train windows for "
                 "`--horizons 720`, 8033 with 96) unless its shortest horizon is the same."})
-    models: list[str] = field(default_factory=lambda: list(MODELS))
+    models: list[str] = field(default_factory=lambda: list(MODELS), metadata={
+        "help": f"Models to run (default {' '.join(MODELS)}; also {' '.join(sorted(set(ALL_MODELS) - set(MODELS)))}, "
+                "self-supervised PatchTST fine-tuned head first from the same pre-training)."})
     seeds: list[int] = field(default_factory=lambda: [2021])
     context_length: int = 512
     data_dir: str | None = field(default=None, metadata={"help": "Benchmark files (default: $HIMTM_DATA_DIR)."})
@@ -47,9 +50,9 @@ class AccuracyArguments:
 
 
 def main(args: AccuracyArguments) -> None:
-    unknown = sorted(set(args.models) - set(MODELS))
+    unknown = sorted(set(args.models) - set(ALL_MODELS))
     if unknown:
-        raise ValueError(f"Unknown models {unknown}; choose from {list(MODELS)}.")
+        raise ValueError(f"Unknown models {unknown}; choose from {list(ALL_MODELS)}.")
     changes = {"max_test_windows": args.max_test_windows} if args.max_test_windows else {}
     budget = budget_by_name(args.budget, **changes)
     run_accuracy(args.datasets, args.horizons, args.models, budget, args.seeds, Path(args.work_dir),

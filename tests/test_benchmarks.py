@@ -203,6 +203,37 @@ def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
     assert head_log.is_file() and record["finetune_steps"] == 5 + 12  # 8 steps an epoch: ceil(4.8) + ceil(11.2)
 
 
+def test_self_supervised_patchtst_head_first_shares_the_pretraining_and_trains_the_head_alone_first(tmp_path):
+    """`patchtst_selfsupervised_lp_ft` is fine-tuned from the very pre-training `patchtst_selfsupervised` uses (one
+    pre-training run, both records carry its loss), head first for 0.3 of the epochs, and gets its own column."""
+    from himtm_hf.benchmarking import Budget, regenerate_results_md, run_accuracy
+
+    tiny = Budget("tiny_epochs", 1, 2, batch_size=8, max_train_windows=64, max_eval_windows=32, max_test_windows=64,
+                  tiny_models=True)
+    records = run_accuracy(["ETTh1"], [96], ["patchtst_selfsupervised", "patchtst_selfsupervised_lp_ft"], tiny, [1],
+                           tmp_path / "work", tmp_path / "results")
+    end_to_end, head_first = records
+    assert (end_to_end["model"], head_first["model"]) == ("patchtst_selfsupervised", "patchtst_selfsupervised_lp_ft")
+    run_dir = tmp_path / "work" / "ETTh1" / "seed1" / "full"
+    assert sorted(p.name for p in run_dir.glob("*-pretrain")) == ["patchtst_selfsupervised-pretrain"]
+    assert head_first["pretrain_best_val_loss"] == end_to_end["pretrain_best_val_loss"]
+    assert head_first["finetune_head_only_epochs"] == pytest.approx(0.6) and "finetune_head_only_epochs" not in end_to_end
+    assert (run_dir / "patchtst_selfsupervised_lp_ft-H96" / "head_only" / "log.jsonl").is_file()
+    assert head_first["finetune_steps"] == 5 + 12 and end_to_end["finetune_steps"] == 16
+    assert head_first["mse"] != end_to_end["mse"]
+    table = regenerate_results_md(tmp_path / "results", tmp_path / "results.md").read_text()
+    assert "| patchtst_selfsupervised MSE / MAE | patchtst_selfsupervised_lp_ft MSE / MAE |" in table
+
+
+def test_unknown_benchmark_model_is_refused_with_the_choices(tmp_path):
+    from himtm_hf.benchmarking import budget_by_name, build_forecaster
+    from himtm_hf.data import load_splits
+
+    splits = load_splits("ETTh1", context_length=64, prediction_length=8)
+    with pytest.raises(ValueError, match="patchtst_selfsupervised_lp_ft"):
+        build_forecaster("patchtst_selfsupervise", splits, budget_by_name("quick"), None)
+
+
 @pytest.mark.parametrize(("field", "value", "allowed"), [("compile", "fast", "reduce-overhead"),
                                                          ("dtype", "float16", "bfloat16"), ("device", "gpu", "cuda")])
 def test_speed_arguments_are_checked_before_any_model_is_built(field, value, allowed):
