@@ -189,7 +189,8 @@ def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
         run_accuracy,
     )
 
-    (variant,) = HEAD_FIRST_VARIANTS
+    variant = "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_lp_ft"
+    assert variant in HEAD_FIRST_VARIANTS
     assert _head_only_epochs(variant, budget_by_name("full")) == pytest.approx(3.0)
     assert _head_only_epochs("width_32_dropout_0.3_hsd_instance_norm_head_init_zeros", budget_by_name("full")) == 0
     with pytest.raises(ValueError, match="counts steps"):
