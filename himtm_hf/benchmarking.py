@@ -280,18 +280,24 @@ def device_name() -> str:
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
 
 
-def git_commit() -> str:
-    """The project's commit (`-dirty` with uncommitted changes); `$HIMTM_GIT_COMMIT` where the tree has no `.git`
-    (e.g. a copy sent to a GPU machine)."""
+# What the benchmarks write themselves: changes there do not make the code that produced a record differ from its
+# commit (a second benchmark command in the same checkout would otherwise be recorded as `-dirty`).
+_BENCHMARK_OUTPUTS = ("docs/results.md", "docs/results")
+
+
+def git_commit(root: Path = ROOT) -> str:
+    """The project's commit (`-dirty` with uncommitted changes outside the benchmark outputs `docs/results.md` and
+    `docs/results/`); `$HIMTM_GIT_COMMIT` where the tree has no `.git` (e.g. a copy sent to a GPU machine)."""
     import os
 
     if os.environ.get("HIMTM_GIT_COMMIT"):
         return os.environ["HIMTM_GIT_COMMIT"]
     try:
-        proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+        proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root,
                               timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){path}" for path in _BENCHMARK_OUTPUTS)],
+                               capture_output=True, text=True, cwd=root, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     commit = proc.stdout.strip() or "unknown"

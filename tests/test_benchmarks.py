@@ -235,6 +235,30 @@ def test_unknown_benchmark_model_is_refused_with_the_choices(tmp_path):
         build_forecaster("patchtst_selfsupervise", splits, budget_by_name("quick"), None)
 
 
+def test_git_commit_is_dirty_for_code_changes_but_not_for_the_benchmarks_own_outputs(tmp_path, monkeypatch):
+    from himtm_hf.benchmarking import git_commit
+
+    monkeypatch.delenv("HIMTM_GIT_COMMIT", raising=False)
+    (tmp_path / "docs" / "results" / "accuracy").mkdir(parents=True)
+    (tmp_path / "docs" / "results.md").write_text("# Results\n")
+    (tmp_path / "docs" / "results" / "accuracy" / "r.json").write_text("{}")
+    (tmp_path / "model.py").write_text("x = 1\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    commit = git("rev-parse", "--short", "HEAD")
+    assert git_commit(tmp_path) == commit
+    (tmp_path / "docs" / "results.md").write_text("# Results, regenerated\n")
+    (tmp_path / "docs" / "results" / "accuracy" / "r.json").write_text('{"mse": 1}')
+    assert git_commit(tmp_path) == commit  # a benchmark's own records and tables
+    (tmp_path / "model.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == commit + "-dirty"
+
+
 @pytest.mark.parametrize(("field", "value", "allowed"), [("compile", "fast", "reduce-overhead"),
                                                          ("dtype", "float16", "bfloat16"), ("device", "gpu", "cuda")])
 def test_speed_arguments_are_checked_before_any_model_is_built(field, value, allowed):
