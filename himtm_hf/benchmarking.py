@@ -734,7 +734,11 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         if averages:
             lines += [f"HiMTM / PatchTST ratio of the horizon-averaged MSE (target: <= {ACCURACY_TARGET_RATIO}):", ""]
             for dataset, ratios in averages:
-                parts = [f"{m}: {_ratio_verdict(v)}" for m, v in ratios.items()]
+                # The target is set against the baselines as the benchmark runs them (`MODELS`); a protocol variant
+                # of one (`HEAD_FIRST_MODELS`) gets its ratio shown without a verdict, so a weaker way of fine-tuning
+                # a baseline can never count as the target met.
+                parts = [f"{m}: {_ratio_verdict(v)}" if m in MODELS else f"{m}: {v:.3f} (protocol variant, no verdict)"
+                         for m, v in ratios.items()]
                 lines.append(f"- {dataset}: " + ", ".join(parts))
             lines.append("")
         losses = [r for r in rows if r.get("pretrain_final_train_loss") is not None]

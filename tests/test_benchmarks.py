@@ -133,6 +133,20 @@ def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_
     assert text.count("| `cpu` | CPU |") == 2
 
 
+def test_a_head_first_baseline_gets_a_ratio_but_never_a_target_verdict(tmp_path):
+    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+
+    common = {"budget": "cpu", "budget_detail": {"name": "cpu"}, "device": "CPU", "device_kind": "cpu",
+              "git_commit": "abc", "command": "cmd", "mae": 0.5, "dataset": "ETTh1", "prediction_length": 96,
+              "seed": 1}
+    for fields, mse in (({"model": "himtm", "himtm_defaults": HIMTM_DEFAULTS_VERSION}, 0.30),
+                        ({"model": "patchtst_selfsupervised"}, 0.30), ({"model": "patchtst_selfsupervised_lp_ft"}, 0.40)):
+        write_record(tmp_path / "results", "accuracy", {**common, **fields, "mse": mse})
+    text = regenerate_results_md(tmp_path / "results", tmp_path / "results.md").read_text()
+    assert ("- ETTh1: patchtst_selfsupervised: 1.000 (missed), patchtst_selfsupervised_lp_ft: 0.750 (protocol variant, "
+            "no verdict)") in text
+
+
 def test_ablate_runs_the_papers_table_and_sweeps_by_default():
     """Without `--variants`, ablate.py runs the paper's ablation (each part removed) and the two sweeps, and none of
     the diagnostics or recipe candidates (those would multiply a default run's cost)."""
