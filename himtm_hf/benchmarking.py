@@ -45,10 +45,13 @@ from .modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "docs" / "results"
 MODELS = ("himtm", "patchtst_supervised", "patchtst_selfsupervised")
+# Runs fine-tuned head first (`train_head_then_model`) spend this fraction of the budget's fine-tuning epochs on the
+# head alone, the encoder frozen (PatchTST's scripts: 10 head-only epochs before 20 end-to-end ones, a third).
+HEAD_ONLY_FRACTION = 0.3
 # Models run only when named: self-supervised PatchTST fine-tuned head first, from the same pre-training as
-# `patchtst_selfsupervised` (`PRETRAINING_OF`); the fraction of the fine-tuning epochs spent on the head alone.
-HEAD_FIRST_MODELS: dict[str, float] = {"patchtst_selfsupervised_lp_ft": 0.3}
-ALL_MODELS = MODELS + tuple(HEAD_FIRST_MODELS)
+# `patchtst_selfsupervised` (`PRETRAINING_OF`).
+HEAD_FIRST_MODELS: tuple[str, ...] = ("patchtst_selfsupervised_lp_ft",)
+ALL_MODELS = MODELS + HEAD_FIRST_MODELS
 # The pre-training a model is fine-tuned from (the self-supervised models; one pre-training serves both PatchTSTs).
 PRETRAINING_OF = {"himtm": "himtm", "patchtst_selfsupervised": "patchtst_selfsupervised",
                   "patchtst_selfsupervised_lp_ft": "patchtst_selfsupervised"}
@@ -394,8 +397,7 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
                     start = time.time()
                     ckpt, pre_summary = pretrained.get(PRETRAINING_OF.get(model_name, ""), (None, {}))
                     is_himtm = model_name == "himtm"
-                    head_only_epochs = (_head_only_epochs(himtm_variant, budget) if is_himtm
-                                        else _head_only_epochs(model_name, budget, HEAD_FIRST_MODELS))
+                    head_only_epochs = _head_only_epochs(himtm_variant if is_himtm else model_name, budget)
                     metrics = finetune_model(model_name, splits, budget, seed,
                                              work_dir / splits.name / f"seed{seed}" / himtm_variant, ckpt,
                                              _finetune_overrides(overrides, ckpt) if is_himtm else None,
@@ -501,10 +503,9 @@ NO_PRETRAIN_VARIANTS = {"no_pretrain"}
 # and the two sweeps. The other variants are diagnostics and recipe candidates, run by name.
 PAPER_ABLATION_VARIANTS: list[str] = ["full", "no_hmt", "no_ded", "no_hsd", "no_csa", "hierarchies_1", "hierarchies_2",
                                       "hierarchies_4", "mask_0.3", "mask_0.4", "mask_0.6", "mask_0.7"]
-# Variants fine-tuned head first (`train_head_then_model`): the fraction of the budget's fine-tuning epochs spent on the
-# head alone (PatchTST's scripts: 10 head-only epochs before 20 end-to-end ones, a third).
-HEAD_FIRST_VARIANTS: dict[str, float] = {"width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_lp_ft": 0.3,
-                                         "hsd_instance_norm_head_init_zeros_lp_ft": 0.3}
+# HiMTM variants fine-tuned head first (`HEAD_ONLY_FRACTION`). Their names never collide with `ALL_MODELS`.
+HEAD_FIRST_VARIANTS: tuple[str, ...] = ("width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_lp_ft",
+                                        "hsd_instance_norm_head_init_zeros_lp_ft")
 # Variants whose pre-training keeps the checkpoint with the lowest value of this validation loss (others: "loss").
 PRETRAIN_METRIC_VARIANTS = {"select_by_reconstruction": "reconstruction_loss"}
 
@@ -518,12 +519,12 @@ def _pretrain_variant(variant: str, splits: SplitData, budget: Budget, seed: int
                           metric_for_best_model=PRETRAIN_METRIC_VARIANTS.get(variant, "loss"))
 
 
-def _head_only_epochs(variant: str, budget: Budget, fractions: dict[str, float] | None = None) -> float:
-    """Head-only fine-tuning epochs of `variant` (a HiMTM variant, or a model of `fractions`, default
-    `HEAD_FIRST_VARIANTS`) under `budget` (0: end-to-end from the start)."""
-    fraction = (HEAD_FIRST_VARIANTS if fractions is None else fractions).get(variant, 0.0)
+def _head_only_epochs(name: str, budget: Budget) -> float:
+    """Head-only fine-tuning epochs of `name` (a HiMTM variant or a benchmark model) under `budget` (0: end to end
+    from the start)."""
+    fraction = HEAD_ONLY_FRACTION if name in HEAD_FIRST_VARIANTS or name in HEAD_FIRST_MODELS else 0.0
     if fraction and budget.max_steps_finetune > 0:
-        raise ValueError(f"{variant!r} splits the fine-tuning epochs, but budget {budget.name!r} counts "
+        raise ValueError(f"{name!r} splits the fine-tuning epochs, but budget {budget.name!r} counts "
                          f"steps (max_steps_finetune={budget.max_steps_finetune}); run it with an epoch budget.")
     return fraction * budget.finetune_epochs
 
@@ -812,7 +813,7 @@ def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
             if variant in NO_PRETRAIN_VARIANTS:
                 overrides += " (fine-tuned from a random initialisation: no pre-training)"
             if variant in HEAD_FIRST_VARIANTS:
-                overrides += (f" (fine-tuned head first: {HEAD_FIRST_VARIANTS[variant]:g} of the epochs with the "
+                overrides += (f" (fine-tuned head first: {HEAD_ONLY_FRACTION:g} of the epochs with the "
                               "encoder frozen, then everything at half the learning rate)")
             if variant in PRETRAIN_METRIC_VARIANTS:
                 overrides += f" (pre-training checkpoint chosen by the validation {PRETRAIN_METRIC_VARIANTS[variant]})"

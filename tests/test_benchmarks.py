@@ -196,6 +196,8 @@ def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
     """The LP-FT variant spends 0.3 of the budget's fine-tuning epochs on the head alone (the record says how many),
     and a step-counted budget, which has no epochs to split, is refused with a message saying so."""
     from himtm_hf.benchmarking import (
+        ABLATION_VARIANTS,
+        ALL_MODELS,
         HEAD_FIRST_VARIANTS,
         Budget,
         _head_only_epochs,
@@ -207,6 +209,10 @@ def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
     assert variant in HEAD_FIRST_VARIANTS
     assert _head_only_epochs(variant, budget_by_name("full")) == pytest.approx(3.0)
     assert _head_only_epochs("width_32_dropout_0.3_hsd_instance_norm_head_init_zeros", budget_by_name("full")) == 0
+    # One lookup serves HiMTM variants and benchmark models, so the two name spaces must stay apart.
+    assert set(HEAD_FIRST_VARIANTS) <= set(ABLATION_VARIANTS) and not set(ABLATION_VARIANTS) & set(ALL_MODELS)
+    assert _head_only_epochs("patchtst_selfsupervised_lp_ft", budget_by_name("full")) == pytest.approx(3.0)
+    assert _head_only_epochs("patchtst_selfsupervised", budget_by_name("full")) == 0
     with pytest.raises(ValueError, match="counts steps"):
         _head_only_epochs(variant, budget_by_name("quick"))
     tiny = Budget("tiny_epochs", 1, 2, batch_size=8, max_train_windows=64, max_eval_windows=32, max_test_windows=64,
