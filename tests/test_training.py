@@ -477,6 +477,8 @@ def test_main_job_tiny(tmp_path, capsys):
     for name in ("metrics.json", "forecast_plot.png", "summary.md", "pretrain/model.safetensors",
                  "finetune/model.safetensors", "finetune/metrics.json", "evaluate/metrics.json"):
         assert (job / name).is_file(), name
-    assert "| ETTh1 H=16 test |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| ETTh1 H=16 test |" in out
+    assert f"checkpoint {job / 'finetune'} " in out and f"plot {job / 'forecast_plot.png'}," in out
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         run_main_job(args)

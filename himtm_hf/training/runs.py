@@ -579,5 +579,9 @@ def run_main_job(args: MainJobArguments) -> dict[str, Any]:
         )
         (root / "summary.md").write_text(text, encoding="utf-8")
         print("\n" + text, flush=True)
+        # Where the run's artefacts are, so that a user need not look them up in the README.
+        plot_note = f", plot {root / PLOT_FILE}" if (root / PLOT_FILE).is_file() else ""
+        print(f"Saved: checkpoint {summary['finetune_dir']} (HiMTMForPrediction.from_pretrained), metrics "
+              f"{root / METRICS_FILE}{plot_note}, summary {root / 'summary.md'}.", flush=True)
     accelerator.wait_for_everyone()
     return summary
