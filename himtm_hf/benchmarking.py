@@ -327,18 +327,39 @@ def himtm_defaults_version(record: dict[str, Any]) -> int | None:
     return int(record.get("himtm_defaults", 0)) if record.get("model") == "himtm" else None
 
 
-def write_record(results_dir: Path, kind: str, record: dict[str, Any]) -> Path:
-    """Writes one run's JSON record under `results_dir/kind/`."""
-    folder = Path(results_dir) / kind
-    folder.mkdir(parents=True, exist_ok=True)
+def device_kind() -> str:
+    """The kind of device a benchmark runs on here, part of each record's file name."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def record_path(results_dir: Path, kind: str, record: dict[str, Any]) -> Path:
+    """The file of one benchmark cell under `results_dir/kind/`: one per (dataset, horizon, model, variant, budget,
+    seed, HiMTM defaults set, device kind), so the record's own fields say where it lives."""
     stem = "-".join(str(record.get(k)) for k in ("dataset", "prediction_length", "model", "variant", "budget", "seed")
                     if record.get(k) is not None)
     version = himtm_defaults_version(record)
     if version:  # set 0 keeps its original file names
         stem += f"-d{version}"
-    path = folder / f"{stem}-{record['device_kind']}.json"
+    return Path(results_dir) / kind / f"{stem}-{record['device_kind']}.json"
+
+
+def write_record(results_dir: Path, kind: str, record: dict[str, Any]) -> Path:
+    """Writes one run's JSON record under `results_dir/kind/`."""
+    path = record_path(results_dir, kind, record)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=_json_default))
     return path
+
+
+def kept_record(results_dir: Path, kind: str, cell: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The record a cell (the naming fields of `record_path`, less the device kind) already has on this kind of
+    device, unless `overwrite`. The benchmarks skip such cells: a re-run resumes an interrupted benchmark instead of
+    replacing, and paying again for, results the user already has."""
+    path = record_path(results_dir, kind, {**cell, "device_kind": device_kind()})
+    if overwrite or not path.is_file():
+        return None
+    print(f"kept {path} (its cell has a record; --overwrite re-runs it)", flush=True)
+    return json.loads(path.read_text())
 
 
 def _json_default(value: Any) -> Any:
@@ -352,7 +373,7 @@ def _json_default(value: Any) -> Any:
 def base_record(dataset: str, budget: Budget, seed: int, context_length: int) -> dict[str, Any]:
     return {
         "dataset": dataset, "context_length": context_length, "budget": budget.name, "budget_detail": asdict(budget),
-        "seed": seed, "device": device_name(), "device_kind": "cuda" if torch.cuda.is_available() else "cpu",
+        "seed": seed, "device": device_name(), "device_kind": device_kind(),
         "git_commit": git_commit(), "command": command_line(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -364,11 +385,14 @@ def base_record(dataset: str, budget: Budget, seed: int, context_length: int) ->
 
 def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], budget: Budget, seeds: list[int],
                  work_dir: Path, results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
-                 context_length: int = 512, himtm_variant: str = "full") -> list[dict[str, Any]]:
+                 context_length: int = 512, himtm_variant: str = "full",
+                 overwrite: bool = False) -> list[dict[str, Any]]:
     """One pre-training per (dataset, self-supervised model, seed), one fine-tune per horizon; a record per run.
 
     `himtm_variant` (a key of `ABLATION_VARIANTS`) runs HiMTM with that variant's overrides; its records carry
-    `variant` and sit beside the default model's in the tables as `himtm@<variant>`."""
+    `variant` and sit beside the default model's in the tables as `himtm@<variant>`. Cells that already have a
+    record in `results_dir` are kept and skipped (with their pre-training, when every horizon has one) unless
+    `overwrite`."""
     if himtm_variant not in ABLATION_VARIANTS:
         raise ValueError(f"Unknown HiMTM variant {himtm_variant!r}; choose from {list(ABLATION_VARIANTS)}.")
     overrides = ABLATION_VARIANTS[himtm_variant]
@@ -380,8 +404,16 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
         for seed in seeds:
             base_splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                       prediction_length=min(horizons))
-            pretrained: dict[str, tuple[Path | None, dict[str, Any]]] = {}
+            kept: dict[tuple[str, int], dict[str, Any]] = {}  # (model, horizon) -> its existing record
             for model_name in models:
+                for horizon in horizons:
+                    cell = {"dataset": base_splits.name, "prediction_length": horizon, "model": model_name,
+                            **(variant_fields if model_name == "himtm" else {}), "budget": budget.name, "seed": seed}
+                    if (record := kept_record(results_dir, "accuracy", cell, overwrite)) is not None:
+                        kept[model_name, horizon] = record
+            records.extend(kept.values())
+            pretrained: dict[str, tuple[Path | None, dict[str, Any]]] = {}
+            for model_name in [m for m in models if any((m, h) not in kept for h in horizons)]:
                 run_dir = work_dir / base_splits.name / f"seed{seed}" / himtm_variant
                 source = PRETRAINING_OF.get(model_name)
                 if source is None or source in pretrained:
@@ -391,9 +423,12 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
                 else:
                     pretrained[source] = pretrain_model(source, base_splits, budget, seed, run_dir)
             for horizon in horizons:
+                pending = [m for m in models if (m, horizon) not in kept]
+                if not pending:
+                    continue
                 splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                      prediction_length=horizon)
-                for model_name in models:
+                for model_name in pending:
                     start = time.time()
                     ckpt, pre_summary = pretrained.get(PRETRAINING_OF.get(model_name, ""), (None, {}))
                     is_himtm = model_name == "himtm"
@@ -537,14 +572,21 @@ def _finetune_overrides(overrides: dict[str, Any], checkpoint: Path | None) -> d
 
 def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget: Budget, seeds: list[int],
                  work_dir: Path, results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
-                 context_length: int = 512) -> list[dict[str, Any]]:
-    """Pre-train + fine-tune HiMTM per variant, dataset and seed at one horizon; a record per run."""
+                 context_length: int = 512, overwrite: bool = False) -> list[dict[str, Any]]:
+    """Pre-train + fine-tune HiMTM per variant, dataset and seed at one horizon; a record per run. Cells that
+    already have a record in `results_dir` are kept and skipped unless `overwrite`."""
     records = []
     for dataset in datasets:
         splits = load_splits(dataset, data_dir=data_dir, context_length=context_length, prediction_length=horizon)
         for variant in variants:
             overrides = ABLATION_VARIANTS[variant]
             for seed in seeds:
+                cell = {"dataset": splits.name, "prediction_length": horizon, "model": "himtm",
+                        "himtm_defaults": HIMTM_DEFAULTS_VERSION, "variant": variant, "budget": budget.name,
+                        "seed": seed}
+                if (kept := kept_record(results_dir, "ablation", cell, overwrite)) is not None:
+                    records.append(kept)
+                    continue
                 start = time.time()
                 run_dir = work_dir / splits.name / variant / f"seed{seed}"
                 ckpt, pre_summary = _pretrain_variant(variant, splits, budget, seed, run_dir)

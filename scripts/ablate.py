@@ -6,7 +6,7 @@ Those are the default `--variants`; the diagnostics and recipe candidates of `AB
     python scripts/ablate.py --budget quick --datasets ETTh1 --variants full no_hsd   # CI smoke run
 
 One JSON record per (dataset, variant, seed) under `docs/results/ablation/`; `docs/results.md` is rebuilt at the end
-with mean ± std over seeds.
+with mean ± std over seeds. Cells that already have a record are kept and skipped unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ class AblationArguments:
     data_dir: str | None = None
     results_dir: str = str(RESULTS_DIR)
     work_dir: str = "outputs/ablation"
+    overwrite: bool = field(default=False, metadata={
+        "help": "Re-run (dataset, variant, seed) cells that already have a record under --results_dir and replace it. "
+                "Default: keep the record and skip the cell, so re-running a command resumes it."})
 
 
 def main(args: AblationArguments) -> None:
@@ -50,7 +53,7 @@ def main(args: AblationArguments) -> None:
     if unknown:
         raise ValueError(f"Unknown variants {unknown}; choose from {list(ABLATION_VARIANTS)}.")
     run_ablation(args.datasets, args.variants, args.horizon, budget_by_name(args.budget), args.seeds,
-                 Path(args.work_dir), Path(args.results_dir), args.data_dir, args.context_length)
+                 Path(args.work_dir), Path(args.results_dir), args.data_dir, args.context_length, args.overwrite)
     print(f"wrote {regenerate_results_md(Path(args.results_dir))}")
 
 

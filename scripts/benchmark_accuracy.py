@@ -5,7 +5,7 @@
     python scripts/benchmark_accuracy.py --budget quick --datasets ETTh1 --horizons 96   # CI smoke run
 
 One JSON record per (dataset, horizon, model, seed) under `docs/results/accuracy/`; `docs/results.md` is rebuilt
-from every record at the end.
+from every record at the end. Cells that already have a record are kept and skipped unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ class AccuracyArguments:
     max_test_windows: int | None = field(default=None, metadata={"help": "Override the budget's test cap."})
     himtm_variant: str = field(default="full", metadata={
         "help": "Run HiMTM as this variant of scripts/ablate.py (e.g. patch_8); tables show it as himtm@<variant>."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Re-run cells that already have a record under --results_dir and replace it. Default: keep the record "
+                "and skip the cell, so re-running a command resumes it. A cell is (dataset, horizon, model, variant, "
+                "budget, seed, defaults set, device kind); --max_test_windows is not part of it."})
 
 
 def main(args: AccuracyArguments) -> None:
@@ -56,7 +60,7 @@ def main(args: AccuracyArguments) -> None:
     changes = {"max_test_windows": args.max_test_windows} if args.max_test_windows else {}
     budget = budget_by_name(args.budget, **changes)
     run_accuracy(args.datasets, args.horizons, args.models, budget, args.seeds, Path(args.work_dir),
-                 Path(args.results_dir), args.data_dir, args.context_length, args.himtm_variant)
+                 Path(args.results_dir), args.data_dir, args.context_length, args.himtm_variant, args.overwrite)
     print(f"wrote {regenerate_results_md(Path(args.results_dir))}")
 
 

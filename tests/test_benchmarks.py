@@ -37,6 +37,13 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
         assert r["num_test_windows"] == 64  # the quick budget caps the test windows (and says so)
     assert any(r.get("pretrain_final_train_loss") is not None for r in records)
 
+    # the same command again keeps the three records and trains nothing (it resumes, it does not replace)
+    written = {p: p.read_text() for p in (results / "accuracy").glob("*.json")}
+    again = _run("benchmark_accuracy.py", "--budget", "quick", "--datasets", "ETTh1", "--horizons", "96",
+                 "--results_dir", str(results), "--work_dir", str(tmp_path / "work_again")).stdout
+    assert again.count("kept ") == 3 and "MSE" not in again and not (tmp_path / "work_again").exists()
+    assert {p: p.read_text() for p in (results / "accuracy").glob("*.json")} == written
+
     # a HiMTM variant runs beside the default records (own file, own column) instead of replacing them
     _run("benchmark_accuracy.py", "--budget", "quick", "--datasets", "ETTh1", "--horizons", "96", "--models", "himtm",
          "--himtm_variant", "no_pretrain", "--results_dir", str(results), "--work_dir", str(tmp_path / "work"))
@@ -58,6 +65,16 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
         assert val and all(r["distillation_loss"] > 0 for r in val)  # so the two metrics differ
         assert ablation[variant]["pretrain_metric_for_best_model"] == metric
         assert ablation[variant]["pretrain_best_val_loss"] == pytest.approx(min(r[metric] for r in val))
+
+    # re-running keeps every cell; --overwrite re-runs (and replaces) exactly the cells it names
+    written = {p: p.read_text() for p in (results / "ablation").glob("*.json")}
+    again = _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "full", "no_pretrain",
+                 "--seeds", "1", "--results_dir", str(results), "--work_dir", str(tmp_path / "ablation")).stdout
+    assert again.count("kept ") == 2 and "MSE" not in again
+    _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "no_pretrain", "--seeds", "1",
+         "--overwrite", "--results_dir", str(results), "--work_dir", str(tmp_path / "ablation"))
+    changed = [json.loads(p.read_text())["variant"] for p in written if p.read_text() != written[p]]
+    assert changed == ["no_pretrain"], changed
 
     table = (tmp_path / "results.md").read_text()
     assert "| ETTh1 | 96 |" in table and "| no_hsd |" in table
