@@ -352,8 +352,8 @@ def write_record(results_dir: Path, kind: str, record: dict[str, Any]) -> Path:
 
 
 def kept_record(results_dir: Path, kind: str, cell: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The record a cell (the naming fields of `record_path`, less the device kind) already has on this kind of
-    device, unless `overwrite`. The benchmarks skip such cells: a re-run resumes an interrupted benchmark instead of
+    """The record a cell (at least the naming fields of `record_path`, less the device kind) already has on this kind
+    of device, unless `overwrite`. The benchmarks skip such cells: a re-run resumes an interrupted benchmark instead of
     replacing, and paying again for, results the user already has."""
     path = record_path(results_dir, kind, {**cell, "device_kind": device_kind()})
     if overwrite or not path.is_file():
@@ -404,13 +404,13 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
         for seed in seeds:
             base_splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                       prediction_length=min(horizons))
-            kept: dict[tuple[str, int], dict[str, Any]] = {}  # (model, horizon) -> its existing record
-            for model_name in models:
-                for horizon in horizons:
-                    cell = {"dataset": base_splits.name, "prediction_length": horizon, "model": model_name,
-                            **(variant_fields if model_name == "himtm" else {}), "budget": budget.name, "seed": seed}
-                    if (record := kept_record(results_dir, "accuracy", cell, overwrite)) is not None:
-                        kept[model_name, horizon] = record
+            # (model, horizon) -> its record's identity (the fields that name its file, and the variant's overrides);
+            # the skip check and the new record share it
+            cells = {(m, h): {"dataset": base_splits.name, "budget": budget.name, "seed": seed, "model": m,
+                              **(variant_fields if m == "himtm" else {}), "prediction_length": h}
+                     for m in models for h in horizons}
+            kept = {key: record for key, cell in cells.items()
+                    if (record := kept_record(results_dir, "accuracy", cell, overwrite)) is not None}
             records.extend(kept.values())
             pretrained: dict[str, tuple[Path | None, dict[str, Any]]] = {}
             for model_name in [m for m in models if any((m, h) not in kept for h in horizons)]:
@@ -437,9 +437,8 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
                                              work_dir / splits.name / f"seed{seed}" / himtm_variant, ckpt,
                                              _finetune_overrides(overrides, ckpt) if is_himtm else None,
                                              head_only_epochs)
-                    record = {**base_record(splits.name, budget, seed, context_length), "model": model_name,
-                              **(variant_fields if is_himtm else {}), "prediction_length": horizon, **pre_summary,
-                              **metrics,
+                    record = {**base_record(splits.name, budget, seed, context_length), **cells[model_name, horizon],
+                              **pre_summary, **metrics,
                               "wall_time_s": round(time.time() - start + pre_summary.get("pretrain_wall_time_s", 0), 2)}
                     path = write_record(results_dir, "accuracy", record)
                     records.append(record)
@@ -581,9 +580,11 @@ def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget:
         for variant in variants:
             overrides = ABLATION_VARIANTS[variant]
             for seed in seeds:
-                cell = {"dataset": splits.name, "prediction_length": horizon, "model": "himtm",
-                        "himtm_defaults": HIMTM_DEFAULTS_VERSION, "variant": variant, "budget": budget.name,
-                        "seed": seed}
+                # the record's identity (the fields that name its file, and the variant's overrides); the skip check
+                # and the new record share it
+                cell = {"dataset": splits.name, "budget": budget.name, "seed": seed, "model": "himtm",
+                        "himtm_defaults": HIMTM_DEFAULTS_VERSION, "variant": variant, "overrides": overrides,
+                        "prediction_length": horizon}
                 if (kept := kept_record(results_dir, "ablation", cell, overwrite)) is not None:
                     records.append(kept)
                     continue
@@ -592,9 +593,7 @@ def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget:
                 ckpt, pre_summary = _pretrain_variant(variant, splits, budget, seed, run_dir)
                 metrics = finetune_model("himtm", splits, budget, seed, run_dir, ckpt,
                                          _finetune_overrides(overrides, ckpt), _head_only_epochs(variant, budget))
-                record = {**base_record(splits.name, budget, seed, context_length), "model": "himtm",
-                          "himtm_defaults": HIMTM_DEFAULTS_VERSION, "variant": variant, "overrides": overrides,
-                          "prediction_length": horizon, **pre_summary,
+                record = {**base_record(splits.name, budget, seed, context_length), **cell, **pre_summary,
                           **metrics, "wall_time_s": round(time.time() - start, 2)}
                 path = write_record(results_dir, "ablation", record)
                 records.append(record)
