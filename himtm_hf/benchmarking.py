@@ -311,14 +311,17 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
-# HiMTM's defaults changed twice (see `HIMTM_DEFAULTS`); a HiMTM record names the set it ran with, so a table never
-# pools runs of two different models under one label. Records written before the field existed ran with set 0.
-HIMTM_DEFAULTS_VERSION = 2
+# HiMTM's defaults (or what they pre-train) changed three times (see `HIMTM_DEFAULTS`); a HiMTM record names the set
+# it ran with, so a table never pools runs of two different models under one label. Records written before the field
+# existed ran with set 0.
+HIMTM_DEFAULTS_VERSION = 3
 HIMTM_DEFAULTS: dict[int, str] = {
     0: "teacher_input='masked', csa_attention='global', positional_encoding_type='learned' (every HiMTM record "
        "before the field existed)",
     1: "teacher_input='full', csa_attention='local', positional_encoding_type='learned'",
     2: "teacher_input='full', csa_attention='local', positional_encoding_type='sincos'",
+    3: "as v2, with DED's mask queries and positions initialised (std initializer_range); v0-v2 pre-trained with "
+       "both left at zero",
 }
 
 

@@ -136,6 +136,9 @@ class HiMTMConfig(PretrainedConfig):
         use_csa (`bool`, defaults to `True`): ablation switch; `False` drops the cross-scale attention layers
             (flatten head over the multi-scale tokens).
         initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
+
+    transformers' common names read as: `hidden_size` = width of the coarsest hierarchy (of `last_hidden_state`),
+    `num_hidden_layers` = encoder blocks over all hierarchies, `num_attention_heads` = the field above.
     """
 
     model_type = "himtm"
@@ -254,6 +257,29 @@ class HiMTMConfig(PretrainedConfig):
         trained with (not today's default): e.g. a forecaster saved before `csa_attention` loads with `"global"`."""
         config_dict = {**{k: v for k, v in cls._FIELDS_ADDED_LATER.items() if k not in config_dict}, **config_dict}
         return super().from_dict(config_dict, **kwargs)
+
+    # ------------------------------------------------------------------ transformers' common names
+    @property
+    def hidden_size(self) -> int:
+        """Width of the coarsest hierarchy, i.e. of `last_hidden_state` (as Swin defines it); the name library code
+        reads (DeepSpeed's `"auto"` sizes, `ConfigTester`). Setting it sets `d_model` for every hierarchy."""
+        return self.hierarchy_specs()[-1].d_model
+
+    @hidden_size.setter
+    def hidden_size(self, value: int) -> None:
+        self.d_model = value
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Transformer blocks of the HMT encoder over all hierarchies (`len(hidden_states) - 1`)."""
+        return sum(spec.num_layers for spec in self.hierarchy_specs())
+
+    @num_hidden_layers.setter
+    def num_hidden_layers(self, value: int) -> None:
+        raise ValueError(
+            f"HiMTMConfig has one depth per hierarchy: set `num_layers` (an int for every hierarchy, or a list of "
+            f"{self.num_hierarchies}) instead of num_hidden_layers={value!r}."
+        )
 
     # ------------------------------------------------------------------ derived sizes
     @property

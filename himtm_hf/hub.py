@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .modeling_himtm import AUTO_MAP
+
 __all__ = [
     "AUTO_CLASS_BY_ARCHITECTURE",
     "CITATION_BIBTEX",
@@ -508,17 +510,14 @@ def _check_folder(folder: Path) -> dict[str, Any]:
 
 
 def _prepare_remote_code(config: dict[str, Any], staged: Path, notes: list[str]) -> None:
-    """Makes sure the staged folder carries the model code and an ``auto_map`` pointing to it."""
+    """Makes sure the staged folder carries the model code and an ``auto_map`` naming every HiMTM class."""
     for name in CODE_FILES:
         if not (staged / name).is_file():
             shutil.copy2(PACKAGE_DIR / name, staged / name)
             notes.append(f"{name} was missing from the output folder; copied from the installed himtm_hf.")
     auto_map = dict(config.get("auto_map") or {})
-    wanted = {"AutoConfig": "configuration_himtm.HiMTMConfig"}
-    for architecture in config.get("architectures") or ["HiMTMForPrediction"]:
-        if architecture in AUTO_CLASS_BY_ARCHITECTURE:
-            wanted[AUTO_CLASS_BY_ARCHITECTURE[architecture]] = f"modeling_himtm.{architecture}"
-    missing = {k: v for k, v in wanted.items() if k not in auto_map}
+    # All four classes, as `save_pretrained` writes them: a published pre-training loads as a forecaster and back.
+    missing = {k: v for k, v in AUTO_MAP.items() if k not in auto_map}
     if missing:
         auto_map.update(missing)
         config["auto_map"] = auto_map

@@ -17,15 +17,19 @@ This file is self-contained (relative imports only) so that `save_pretrained` ca
 
 from __future__ import annotations
 
-import copy
 import math
+import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_himtm import HiMTMConfig
@@ -47,20 +51,24 @@ class HiMTMModelOutput(ModelOutput):
             Features of the coarsest hierarchy.
         hierarchy_features (`tuple(torch.FloatTensor)`): one tensor per hierarchy, finest first, of shape
             `(batch_size, num_channels, num_patches // 2**i, d_model_i)`.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*): every transformer block's output, in order, each
-            of shape `(batch_size, num_channels, num_tokens, d_model)`; returned with `output_hidden_states=True`.
         patch_input (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
             The scaled input cut into patches.
         loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location used for scaling.
         scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): the embedded patches, then every transformer block's
+            output in order, each of shape `(batch_size, num_channels, num_tokens, d_model)`; returned with
+            `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): every block's attention weights, each of shape
+            `(batch_size * num_channels, num_heads, num_tokens, num_tokens)`; returned with `output_attentions=True`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     hierarchy_features: tuple[torch.FloatTensor, ...] | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     patch_input: torch.FloatTensor | None = None
     loc: torch.FloatTensor | None = None
     scale: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -82,9 +90,12 @@ class HiMTMForPretrainingOutput(ModelOutput):
         mask (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches)`): 1 = masked, 0 = visible.
         patch_input (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
             the scaled input patches (the reconstruction target).
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*): student block outputs (visible tokens only).
         loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location.
         scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): the student's embedded tokens and block outputs, as
+            in [`HiMTMModelOutput`]; with DED the student sees the visible patches only, so `num_tokens` is the
+            visible count.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): the student's attention weights per block.
     """
 
     loss: torch.FloatTensor | None = None
@@ -95,9 +106,10 @@ class HiMTMForPretrainingOutput(ModelOutput):
     reconstruction: torch.FloatTensor | None = None
     mask: torch.FloatTensor | None = None
     patch_input: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     loc: torch.FloatTensor | None = None
     scale: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -112,17 +124,19 @@ class HiMTMForPredictionOutput(ModelOutput):
         prediction_outputs (`torch.FloatTensor` of shape `(batch_size, prediction_length, num_channels)`):
             forecasts in the input's original units.
         hierarchy_features (`tuple(torch.FloatTensor)`): encoder features per hierarchy (see [`HiMTMModelOutput`]).
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*): encoder block outputs.
         loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location.
         scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): the encoder's embedded patches and block outputs.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): the encoder's attention weights per block.
     """
 
     loss: torch.FloatTensor | None = None
     prediction_outputs: torch.FloatTensor | None = None
     hierarchy_features: tuple[torch.FloatTensor, ...] | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     loc: torch.FloatTensor | None = None
     scale: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -191,6 +205,17 @@ def _check_values(
     return values, observed_mask
 
 
+def _output_flags(
+    config: HiMTMConfig, output_hidden_states: bool | None, output_attentions: bool | None, return_dict: bool | None
+) -> tuple[bool, bool, bool]:
+    """The call's `output_hidden_states`, `output_attentions` and `return_dict`, falling back on the config's."""
+    return (
+        output_hidden_states if output_hidden_states is not None else config.output_hidden_states,
+        output_attentions if output_attentions is not None else config.output_attentions,
+        return_dict if return_dict is not None else config.return_dict,
+    )
+
+
 class HiMTMScaler(nn.Module):
     """Per-instance, per-channel normalisation (RevIN-style without affine), computed over observed values only.
 
@@ -243,13 +268,47 @@ def patchify(values: torch.Tensor, num_patches: int, patch_length: int) -> torch
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class HiMTMAttention(nn.Module):
-    """Multi-head attention on `scaled_dot_product_attention`; self-attention when `key_value` is None."""
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, so that the weights can be returned (`output_attentions`).
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+    Args:
+        query (`torch.Tensor` of shape `(batch, heads, q_tokens, head_dim)`); key, value: `(batch, heads, k_tokens,
+            head_dim)`.
+    Returns:
+        output `(batch, q_tokens, heads, head_dim)` and weights `(batch, heads, q_tokens, k_tokens)`.
+    """
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class HiMTMAttention(nn.Module):
+    """Multi-head attention; self-attention when `key_value_states` is None.
+
+    The kernel follows `config._attn_implementation` at call time (`"sdpa"` by default, `"eager"` to get the
+    attention weights), so `model.set_attn_implementation(...)` switches every layer at once.
+    """
+
+    def __init__(self, config: HiMTMConfig, d_model: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # every token sees the whole (visible) window
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -260,14 +319,22 @@ class HiMTMAttention(nn.Module):
         # (batch, tokens, d_model) -> (batch, heads, tokens, head_dim)
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None) -> torch.Tensor:
-        key_value = query if key_value is None else key_value
-        q = self._split(self.q_proj(query))
-        k = self._split(self.k_proj(key_value))
-        v = self._split(self.v_proj(key_value))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)  # (batch, tokens, d_model)
-        return self.out_proj(out)
+    def forward(
+        self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context = hidden_states if key_value_states is None else key_value_states
+        query = self._split(self.q_proj(hidden_states))
+        key = self._split(self.k_proj(context))
+        value = self._split(self.v_proj(context))
+        # Only the eager kernel produces the weights: use it for this call when they are asked for.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        out, weights = attention_interface(
+            self, query, key, value, None, dropout=self.dropout if self.training else 0.0, scaling=self.scaling,
+            output_attentions=output_attentions,
+        )
+        out = out.reshape(hidden_states.shape[0], hidden_states.shape[1], -1)  # (batch, tokens, d_model)
+        return self.out_proj(out), (weights if output_attentions else None)
 
 
 class HiMTMFeedForward(nn.Module):
@@ -281,43 +348,47 @@ class HiMTMFeedForward(nn.Module):
         return self.fc2(self.dropout(F.gelu(self.fc1(x))))
 
 
-class HiMTMTransformerBlock(nn.Module):
+class HiMTMTransformerBlock(GradientCheckpointingLayer):
     """Pre-norm self-attention block, the unit of every HMT hierarchy and of the CSA-FT head."""
 
-    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, attention_dropout: float):
+    def __init__(self, config: HiMTMConfig, d_model: int, num_heads: int, ffn_dim: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.attention = HiMTMAttention(d_model, num_heads, attention_dropout)
+        self.attention = HiMTMAttention(config, d_model, num_heads, config.attention_dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ffn = HiMTMFeedForward(d_model, ffn_dim, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = HiMTMFeedForward(d_model, ffn_dim, config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (batch * channels, tokens, d_model)
-        x = x + self.dropout(self.attention(self.norm1(x)))
-        return x + self.dropout(self.ffn(self.norm2(x)))
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # hidden_states: (batch * channels, tokens, d_model); weights: (batch * channels, heads, tokens, tokens)
+        attended, weights = self.attention(self.norm1(hidden_states), output_attentions=output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        return hidden_states + self.dropout(self.ffn(self.norm2(hidden_states))), weights
 
 
-class HiMTMCrossSelfBlock(nn.Module):
+class HiMTMCrossSelfBlock(GradientCheckpointingLayer):
     """DED's cross-self attention: mask queries attend to [visible features ; mask queries].
 
     Only the queries are updated; the visible features pass through unchanged, so the decoder cannot do the
     encoder's job of building the visible representation (the point of decoupling).
     """
 
-    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, attention_dropout: float):
+    def __init__(self, config: HiMTMConfig, d_model: int, num_heads: int, ffn_dim: int):
         super().__init__()
         self.norm_query = nn.LayerNorm(d_model)
         self.norm_context = nn.LayerNorm(d_model)
-        self.attention = HiMTMAttention(d_model, num_heads, attention_dropout)
+        self.attention = HiMTMAttention(config, d_model, num_heads, config.attention_dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ffn = HiMTMFeedForward(d_model, ffn_dim, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = HiMTMFeedForward(d_model, ffn_dim, config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, queries: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         # queries: (batch * channels, num_masked, d); visible: (batch * channels, num_visible, d)
         context = self.norm_context(torch.cat([visible, queries], dim=1))
-        queries = queries + self.dropout(self.attention(self.norm_query(queries), context))
+        attended, _ = self.attention(self.norm_query(queries), context)
+        queries = queries + self.dropout(attended)
         return queries + self.dropout(self.ffn(self.norm2(queries)))
 
 
@@ -360,13 +431,13 @@ class HiMTMPatchEmbedding(nn.Module):
         d_model = config.hierarchy_specs()[0].d_model
         self.projection = nn.Linear(config.patch_length, d_model)
         self.learned_positions = config.positional_encoding_type == "learned"
-        positions = torch.zeros(1, config.num_patches, d_model)
         if self.learned_positions:
-            self.position_embedding = nn.Parameter(positions)
+            self.position_embedding = nn.Parameter(torch.zeros(1, config.num_patches, d_model))  # `_init_weights`
         else:
             # A saved buffer, not a parameter: checkpoints of both kinds hold the same key, and no optimizer, DDP
             # gradient reduction or `requires_grad_` (loading, freezing) ever treats the fixed table as trainable.
-            self.register_buffer("position_embedding", positions)
+            # Filled here (and again by `_init_weights` for models built on the meta device).
+            self.register_buffer("position_embedding", sincos_position_table(config.num_patches, d_model))
         self.dropout = nn.Dropout(config.positional_dropout)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -381,10 +452,25 @@ class HiMTMHierarchy(nn.Module):
         super().__init__()
         spec = config.hierarchy_specs()[index]
         self.blocks = nn.ModuleList(
-            HiMTMTransformerBlock(spec.d_model, spec.num_heads, spec.ffn_dim, config.dropout, config.attention_dropout)
-            for _ in range(spec.num_layers)
+            HiMTMTransformerBlock(config, spec.d_model, spec.num_heads, spec.ffn_dim) for _ in range(spec.num_layers)
         )
         self.norm = nn.LayerNorm(spec.d_model)
+
+
+class HMTOutput(NamedTuple):
+    """What `HiMTMHierarchicalEncoder` returns.
+
+    features: one `(batch * channels, num_tokens // 2**i, d_model_i)` tensor per hierarchy (after its output norm).
+    hidden_states: with `output_hidden_states`, the embedded tokens and then every block's output, each
+        `(batch, channels, tokens, d_model)`; these are the tensors the next block reads (not copies), so a
+        gradient reaches them.
+    attentions: with `output_attentions`, every block's attention weights `(batch * channels, heads, tokens,
+        tokens)`.
+    """
+
+    features: list[torch.Tensor]
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
 
 
 class HiMTMHierarchicalEncoder(nn.Module):
@@ -397,38 +483,57 @@ class HiMTMHierarchicalEncoder(nn.Module):
     def __init__(self, config: HiMTMConfig):
         super().__init__()
         specs = config.hierarchy_specs()
+        self.num_channels = config.num_input_channels
         self.hierarchies = nn.ModuleList(HiMTMHierarchy(config, i) for i in range(len(specs)))
         self.merges = nn.ModuleList(
             HiMTMPatchMerging(specs[i].d_model, specs[i + 1].d_model) for i in range(len(specs) - 1)
         )
 
     def forward(
-        self, tokens: torch.Tensor, output_hidden_states: bool = False
-    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
+        self, tokens: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> HMTOutput:
         """
         Args:
             tokens (`torch.Tensor` of shape `(batch * channels, num_tokens, d_model_0)`): embedded patches.
-        Returns:
-            features: list with one `(batch * channels, num_tokens // 2**i, d_model_i)` tensor per hierarchy.
-            hidden_states: every block's output when `output_hidden_states`, else None.
         """
         features: list[torch.Tensor] = []
         hidden_states: list[torch.Tensor] = []
-        x = tokens
+        attentions: list[torch.Tensor] = []
+        x = self._record(tokens, hidden_states) if output_hidden_states else tokens
         for i, hierarchy in enumerate(self.hierarchies):
             for block in hierarchy.blocks:
-                x = block(x)
+                x, weights = block(x, output_attentions=output_attentions)
+                if output_attentions:
+                    attentions.append(weights)
                 if output_hidden_states:
-                    hidden_states.append(x)
+                    x = self._record(x, hidden_states)
             features.append(hierarchy.norm(x))
             if i < len(self.merges):
                 x = self.merges[i](x)  # (batch * channels, tokens // 2, d_model_{i+1})
-        return features, (tuple(hidden_states) if output_hidden_states else None)
+        return HMTOutput(features, tuple(hidden_states) if output_hidden_states else None,
+                         tuple(attentions) if output_attentions else None)
+
+    def _record(self, x: torch.Tensor, hidden_states: list[torch.Tensor]) -> torch.Tensor:
+        """Appends `x` as `(batch, channels, tokens, d)` and continues from that very view, so the returned hidden
+        state lies on the autograd path (`retain_grad()` works on it)."""
+        series, tokens, width = x.shape
+        view = x.view(series // self.num_channels, self.num_channels, tokens, width)
+        hidden_states.append(view)
+        return view.view(series, tokens, width)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Pretrained model base and the encoder model
 # ----------------------------------------------------------------------------------------------------------------------
+
+# Every saved folder names all four classes, so that with `trust_remote_code` a pre-training folder loads as a
+# forecaster (and a forecaster or encoder as a pre-training model) without this package installed.
+AUTO_MAP = {
+    "AutoConfig": "configuration_himtm.HiMTMConfig",
+    "AutoModel": "modeling_himtm.HiMTMModel",
+    "AutoModelForPreTraining": "modeling_himtm.HiMTMForPretraining",
+    "AutoModelForTimeSeriesPrediction": "modeling_himtm.HiMTMForPrediction",
+}
 
 
 class HiMTMPreTrainedModel(PreTrainedModel):
@@ -437,19 +542,21 @@ class HiMTMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "past_values"
     input_modalities = ("time",)
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["HiMTMTransformerBlock", "HiMTMCrossSelfBlock"]
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Initialises each module's own parameters and buffers (transformers calls it once per module)."""
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, HiMTMPatchEmbedding) and module.learned_positions:
             init.normal_(module.position_embedding, mean=0.0, std=std)
         elif isinstance(module, HiMTMPatchEmbedding):
             init.copy_(module.position_embedding, sincos_position_table(*module.position_embedding.shape[1:]))
-        elif isinstance(module, HiMTMDecoupledDecoder):
-            for level in module.levels:
-                init.normal_(level.mask_query, mean=0.0, std=std)
-                init.normal_(level.position_embedding, mean=0.0, std=std)
+        elif isinstance(module, HiMTMDecoderLevel):
+            init.normal_(module.mask_query, mean=0.0, std=std)
+            init.normal_(module.position_embedding, mean=0.0, std=std)
         elif isinstance(module, HiMTMCrossScaleHead):
             init.normal_(module.scale_embedding, mean=0.0, std=std)
         elif isinstance(module, HiMTMForecastProjection) and self.config.forecast_head_init == "zeros":
@@ -461,8 +568,20 @@ class HiMTMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, HiMTMSelfDistillation) and module.teacher_initialized is not None:
             init.zeros_(module.teacher_initialized)
 
-    def _validate_config_for_inputs(self) -> None:  # hook for subclasses; kept for symmetry with PatchTST
-        return None
+    def _freeze_fixed_parameters(self) -> None:
+        """Re-applies which parameters must not train (the EMA teacher, a frozen encoder); loading replaces
+        parameters after `__init__` and so resets their `requires_grad`."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        (model[0] if isinstance(model, tuple) else model)._freeze_fixed_parameters()
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, with every HiMTM class in the config's `auto_map` (see `AUTO_MAP`)."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class HiMTMModel(HiMTMPreTrainedModel):
@@ -495,8 +614,9 @@ class HiMTMModel(HiMTMPreTrainedModel):
         return patches, observed_patches, loc, scale
 
     def encode(
-        self, patches: torch.Tensor, token_index: torch.Tensor | None = None, output_hidden_states: bool = False
-    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
+        self, patches: torch.Tensor, token_index: torch.Tensor | None = None, output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> HMTOutput:
         """Embeds patches and runs HMT, optionally on the subset of patches `token_index` only.
 
         Args:
@@ -507,13 +627,14 @@ class HiMTMModel(HiMTMPreTrainedModel):
         tokens = self.embedding(patches)  # (batch * channels, num_patches, d_model_0)
         if token_index is not None:
             tokens = torch.gather(tokens, 1, token_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return self.encoder(tokens, output_hidden_states=output_hidden_states)
+        return self.encoder(tokens, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
     def forward(
         self,
         past_values: torch.Tensor,
         past_observed_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> HiMTMModelOutput | tuple:
@@ -522,28 +643,28 @@ class HiMTMModel(HiMTMPreTrainedModel):
             past_values (`torch.FloatTensor` of shape `(batch_size, context_length, num_input_channels)`):
                 The look-back window.
             past_observed_mask (`torch.Tensor` of the same shape, *optional*): 1 = observed, 0 = missing.
-            output_hidden_states (`bool`, *optional*): return every block's output.
+            output_hidden_states (`bool`, *optional*): return the embedded patches and every block's output.
+            output_attentions (`bool`, *optional*): return every block's attention weights (computed with the
+                eager kernel for that call when another one is configured).
             return_dict (`bool`, *optional*): return a [`HiMTMModelOutput`] instead of a tuple.
         Returns:
             [`HiMTMModelOutput`] or tuple.
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = _output_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch, channels = past_values.shape[0], self.config.num_input_channels
         patches, _, loc, scale = self.prepare_patches(past_values, past_observed_mask)
-        features, hidden_states = self.encode(patches, output_hidden_states=output_hidden_states)
-        features = tuple(f.view(batch, channels, f.shape[1], f.shape[2]) for f in features)
-        if hidden_states is not None:
-            hidden_states = tuple(h.view(batch, channels, h.shape[1], h.shape[2]) for h in hidden_states)
+        encoded = self.encode(patches, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        features = tuple(f.view(batch, channels, f.shape[1], f.shape[2]) for f in encoded.features)
         output = HiMTMModelOutput(
             last_hidden_state=features[-1],
             hierarchy_features=features,
-            hidden_states=hidden_states,
             patch_input=patches.view(batch, channels, *patches.shape[1:]),
             loc=loc,
             scale=scale,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -619,11 +740,11 @@ class HiMTMDecoderLevel(nn.Module):
         spec = config.hierarchy_specs()[index]
         width = config.decoder_d_model or spec.d_model
         self.input_projection = nn.Linear(spec.d_model, width) if width != spec.d_model else nn.Identity()
+        # Both drawn by `_init_weights` (std `initializer_range`), like every parameter of this module.
         self.mask_query = nn.Parameter(torch.zeros(1, 1, width))
         self.position_embedding = nn.Parameter(torch.zeros(1, spec.num_tokens, width))
         self.layers = nn.ModuleList(
-            HiMTMCrossSelfBlock(width, config.decoder_num_attention_heads, 2 * width, config.dropout,
-                                config.attention_dropout)
+            HiMTMCrossSelfBlock(config, width, config.decoder_num_attention_heads, 2 * width)
             for _ in range(config.decoder_num_layers)
         )
         self.norm = nn.LayerNorm(width)
@@ -680,31 +801,67 @@ def masked_reconstruction_loss(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+STALE_TEACHER_FORWARDS = 1000
+
+# Pre-training models with an EMA teacher, stepped by `_ema_step_after_optimizer_step` (weak: models are not kept
+# alive by the hook).
+_EMA_MODELS: weakref.WeakSet = weakref.WeakSet()
+_EMA_HOOK: list = []  # the hook's handle, registered once per process
+
+
+def _ema_step_after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Global `torch.optim` post-step hook: every EMA model whose student this optimiser trains takes its step."""
+    for model in list(_EMA_MODELS):
+        anchor = model.model.embedding.projection.weight
+        if any(param is anchor for group in optimizer.param_groups for param in group["params"]):
+            model.update_teacher()
+
+
+def _register_ema_model(model: nn.Module) -> None:
+    _EMA_MODELS.add(model)
+    if not _EMA_HOOK:
+        _EMA_HOOK.append(register_optimizer_step_post_hook(_ema_step_after_optimizer_step))
+
+
 class HiMTMSelfDistillation(nn.Module):
     """HSD: a stop-gradient teacher that gives per-hierarchy feature targets at the masked positions.
 
     `teacher_type="shared"` is the paper's teacher: the student's own embedding and HMT weights, run without
-    gradient (and without dropout). `teacher_type="ema"` keeps a separate copy updated by `update()` as
-    `teacher = m * teacher + (1 - m) * student` after each optimiser step.
+    gradient (and without dropout). `teacher_type="ema"` keeps a separate, frozen copy that follows the student as
+    `teacher = m * teacher + (1 - m) * student`, one step per optimiser step.
+
+    The EMA step needs no caller: [`HiMTMForPretraining`] takes it right after every `step()` of any
+    `torch.optim` optimiser that holds the student's parameters (a global optimiser post-step hook), so
+    `transformers.Trainer` (fused AdamW included), Accelerate and hand-written loops all train the EMA teacher, and
+    a skipped AMP step or a gradient-accumulation micro-step moves nothing. `update()` takes a step by hand (an
+    optimiser that is not a `torch.optim.Optimizer`); a model whose teacher has not moved for many training forwards
+    says so once.
     """
 
-    def __init__(self, config: HiMTMConfig, student: HiMTMModel):
+    def __init__(self, config: HiMTMConfig):
         super().__init__()
         self.teacher_type = config.teacher_type
         self.teacher_input = config.teacher_input
         self.momentum = config.teacher_momentum
         self.target_norm = config.distillation_target_norm
+        self.forwards_since_update = 0  # training forwards since the teacher last moved (for the warning)
         if self.teacher_type == "ema":
-            self.teacher_embedding = copy.deepcopy(student.embedding)
-            self.teacher_encoder = copy.deepcopy(student.encoder)
-            for p in self.parameters():
-                p.requires_grad_(False)
+            # Built like the student (sharing its config, so attention settings apply to both) and copied from it on
+            # first use.
+            self.teacher_embedding = HiMTMPatchEmbedding(config)
+            self.teacher_encoder = HiMTMHierarchicalEncoder(config)
+            self.freeze_teacher()
             # 0 until the teacher has been copied from the student (fresh init or a shared-teacher checkpoint).
             self.register_buffer("teacher_initialized", torch.zeros((), dtype=torch.bool))
         else:
             self.teacher_embedding = None
             self.teacher_encoder = None
             self.teacher_initialized = None
+
+    def freeze_teacher(self) -> None:
+        """The EMA teacher never gets gradients (DDP would otherwise wait for them)."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
 
     def _teacher_modules(self, student: HiMTMModel) -> tuple[nn.Module, nn.Module]:
         if self.teacher_type == "ema":
@@ -719,10 +876,11 @@ class HiMTMSelfDistillation(nn.Module):
         self.teacher_embedding.load_state_dict(student.embedding.state_dict())
         self.teacher_encoder.load_state_dict(student.encoder.state_dict())
         self.teacher_initialized.fill_(True)
+        self.forwards_since_update = 0
 
     @torch.no_grad()
     def update(self, student: HiMTMModel) -> None:
-        """EMA step `t = m * t + (1 - m) * s`; call after every optimiser step."""
+        """EMA step `t = m * t + (1 - m) * s` now (the first one copies the student)."""
         if self.teacher_type != "ema":
             return
         if not bool(self.teacher_initialized):
@@ -733,6 +891,20 @@ class HiMTMSelfDistillation(nn.Module):
         ):
             for t, s in zip(teacher_module.parameters(), student_module.parameters()):
                 t.lerp_(s.detach(), 1.0 - self.momentum)
+        self.forwards_since_update = 0
+
+    def count_training_forward(self) -> None:
+        """Warns once when the EMA teacher has not moved for `STALE_TEACHER_FORWARDS` training forwards (its
+        optimiser is not a `torch.optim.Optimizer` holding the student's parameters, e.g. some FSDP set-ups)."""
+        if self.teacher_type != "ema":
+            return
+        self.forwards_since_update += 1
+        if self.forwards_since_update == STALE_TEACHER_FORWARDS:
+            logger.warning(
+                f"HiMTM's EMA teacher has not moved for {STALE_TEACHER_FORWARDS} training forwards: no torch.optim "
+                "optimiser holding the student's parameters has stepped. Call `model.update_teacher()` after each "
+                "optimiser step, or use teacher_type='shared'."
+            )
 
     @torch.no_grad()
     def targets(
@@ -749,10 +921,10 @@ class HiMTMSelfDistillation(nn.Module):
         try:
             tokens = embedding(patches)
             if self.teacher_input == "masked":
-                features, _ = encoder(_gather_tokens(tokens, masked_index))
+                features = encoder(_gather_tokens(tokens, masked_index)).features
                 features = [self._normalize(f) for f in features]
             else:  # "full": encode the whole window, normalise over its tokens, then take the masked positions
-                full, _ = encoder(tokens)
+                full = encoder(tokens).features
                 features = [_gather_tokens(self._normalize(f), idx) for f, idx in zip(full, level_masked_index)]
         finally:
             embedding.train(was_training)
@@ -797,39 +969,50 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         self.reconstruction_heads = nn.ModuleList(
             HiMTMReconstructionHead(s.d_model, config.patch_length, s.patches_per_token) for s in specs
         )
-        self.hsd = HiMTMSelfDistillation(config, self.model) if config.use_hsd else None
+        self.hsd = HiMTMSelfDistillation(config) if config.use_hsd else None
+        if self.hsd is not None and config.teacher_type == "ema":
+            _register_ema_model(self)  # the EMA step after each optimiser step (see HiMTMSelfDistillation)
         self.post_init()
+
+    def _freeze_fixed_parameters(self) -> None:
+        if self.hsd is not None:
+            self.hsd.freeze_teacher()
 
     @torch.no_grad()
     def update_teacher(self) -> None:
-        """Moves the EMA teacher one step towards the student (call after each optimiser step; no-op otherwise)."""
+        """Takes the EMA teacher's step towards the student now (no-op for the shared teacher).
+
+        Not needed with a `torch.optim` optimiser: the model takes this step after each of its `step()` calls (see
+        [`HiMTMSelfDistillation`]). Call it after each step of any other optimiser.
+        """
         if self.hsd is not None:
             self.hsd.update(self.model)
 
     def _student_features(
         self, patches: torch.Tensor, patch_mask: torch.Tensor, visible_index: torch.Tensor,
-        masked_index: torch.Tensor, level_indices: list[tuple[torch.Tensor, torch.Tensor]],
-        output_hidden_states: bool,
-    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
-        """Predicted features of the masked tokens of every hierarchy, `(series, n_masked_i, d_i)` each."""
+        level_indices: list[tuple[torch.Tensor, torch.Tensor]], output_hidden_states: bool, output_attentions: bool,
+    ) -> tuple[list[torch.Tensor], HMTOutput]:
+        """Predicted features of the masked tokens of every hierarchy, `(series, n_masked_i, d_i)` each, and the
+        student encoder's output."""
         if self.ded is not None:
             # DED: the encoder sees the visible patches only; the regressors fill in the masked ones.
-            visible_features, hidden = self.model.encode(patches, visible_index, output_hidden_states)
+            encoded = self.model.encode(patches, visible_index, output_hidden_states, output_attentions)
             predicted = [
                 level(visible, vis_idx, mask_idx)
-                for level, visible, (vis_idx, mask_idx) in zip(self.ded.levels, visible_features, level_indices)
+                for level, visible, (vis_idx, mask_idx) in zip(self.ded.levels, encoded.features, level_indices)
             ]
-            return predicted, hidden
+            return predicted, encoded
         # SimMIM ablation: mask tokens replace masked patch embeddings; predict from the encoder's own outputs.
         tokens = self.model.embedding.projection(patches)
         tokens = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         tokens = self.model.embedding.dropout(tokens + self.model.embedding.position_embedding)
-        features, hidden = self.model.encoder(tokens, output_hidden_states=output_hidden_states)
+        encoded = self.model.encoder(tokens, output_hidden_states=output_hidden_states,
+                                     output_attentions=output_attentions)
         predicted = [
             predictor(_gather_tokens(f, mask_idx))
-            for predictor, f, (_, mask_idx) in zip(self.feature_predictors, features, level_indices)
+            for predictor, f, (_, mask_idx) in zip(self.feature_predictors, encoded.features, level_indices)
         ]
-        return predicted, hidden
+        return predicted, encoded
 
     def forward(
         self,
@@ -838,6 +1021,7 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         future_values: torch.Tensor | None = None,
         future_observed_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         return_loss: bool = True,
         mask_noise: torch.Tensor | None = None,
@@ -851,7 +1035,8 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
                 values are excluded from scaling and from the reconstruction loss.
             future_values, future_observed_mask (*optional*): accepted and ignored, so that forecasting windows
                 feed pre-training and `Trainer` directly.
-            output_hidden_states (`bool`, *optional*): return the student's block outputs.
+            output_hidden_states (`bool`, *optional*): return the student's embedded tokens and block outputs.
+            output_attentions (`bool`, *optional*): return the student's attention weights per block.
             return_dict (`bool`, *optional*): return a [`HiMTMForPretrainingOutput`] instead of a tuple.
             return_loss (`bool`, defaults to `True`): lets `Trainer` report `eval_loss` without labels.
             mask_noise (`torch.Tensor` of shape `(batch_size, num_input_channels, num_masking_units)`, *optional*):
@@ -861,10 +1046,11 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
             [`HiMTMForPretrainingOutput`] or tuple.
         """
         config = self.config
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = _output_flags(
+            config, output_hidden_states, output_attentions, return_dict
         )
-        return_dict = return_dict if return_dict is not None else config.return_dict
+        if self.training and self.hsd is not None:
+            self.hsd.count_training_forward()
         batch, channels = past_values.shape[0], config.num_input_channels
         patches, observed, loc, scale = self.model.prepare_patches(past_values, past_observed_mask)
         num_series = patches.shape[0]  # batch * channels
@@ -873,53 +1059,27 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
             mask_noise = mask_noise.to(patches.device).reshape(num_series, -1)
         patch_mask = hierarchical_random_mask(num_series, config, patches.device, noise=mask_noise)  # (series, N)
         visible_index, masked_index = split_indices(patch_mask, config.num_masked_patches)
-        num_levels = config.effective_num_hierarchies
-        level_masks = [mask_at_level(patch_mask, i) for i in range(num_levels)]
+        level_masks = [mask_at_level(patch_mask, i) for i in range(config.effective_num_hierarchies)]
         level_indices = [split_indices(m, config.num_masked_patches // 2**i) for i, m in enumerate(level_masks)]
 
-        predicted, hidden_states = self._student_features(
-            patches, patch_mask, visible_index, masked_index, level_indices, output_hidden_states
+        predicted, encoded = self._student_features(
+            patches, patch_mask, visible_index, level_indices, output_hidden_states, output_attentions
         )
         teacher_features = (
             self.hsd.targets(self.model, patches, patch_mask, masked_index, [idx[1] for idx in level_indices])
             if self.hsd is not None
             else None
         )
-
-        weights = config.resolved_hierarchy_loss_weights()
-        rec_losses, dist_losses = [], []
-        finest_reconstruction = None
-        for i in range(num_levels):
-            per_token = 2**i * config.patch_length
-            level_patches = patches.reshape(num_series, -1, per_token)  # (series, num_patches // 2**i, 2**i * P)
-            level_observed = observed.reshape(num_series, -1, per_token)
-            masked_idx = level_indices[i][1]
-            # Place the predictions of the masked tokens on the full token grid; visible tokens keep the input,
-            # so the loss below (masked elements only) cannot see them.
-            predicted_patches = self.reconstruction_heads[i](predicted[i]).to(level_patches.dtype)  # autocast-safe
-            reconstruction = level_patches.scatter(1, masked_idx.unsqueeze(-1).expand(-1, -1, per_token),
-                                                   predicted_patches)
-            rec_losses.append(
-                masked_reconstruction_loss(reconstruction, level_patches, level_masks[i], level_observed)
-            )
-            if teacher_features is not None:
-                dist_losses.append(F.mse_loss(predicted[i], teacher_features[i]))
-            else:
-                dist_losses.append(patches.new_zeros(()))
-            if i == 0:
-                finest_reconstruction = reconstruction
-
-        rec_stack = torch.stack(rec_losses)
-        dist_stack = torch.stack(dist_losses)
-        w = torch.tensor(weights, dtype=rec_stack.dtype, device=rec_stack.device)
+        rec_stack, dist_stack, finest_reconstruction = self._hierarchy_losses(
+            patches, observed, predicted, teacher_features, level_masks, level_indices
+        )
+        w = torch.tensor(config.resolved_hierarchy_loss_weights(), dtype=rec_stack.dtype, device=rec_stack.device)
         reconstruction_loss = (w * rec_stack).sum()
         distillation_loss = (w * dist_stack).sum()
         loss = config.reconstruction_loss_weight * reconstruction_loss
         if self.hsd is not None:
             loss = loss + config.distillation_loss_weight * distillation_loss
 
-        if hidden_states is not None:
-            hidden_states = tuple(h.view(batch, channels, h.shape[1], h.shape[2]) for h in hidden_states)
         output = HiMTMForPretrainingOutput(
             loss=loss if return_loss else None,
             reconstruction_loss=reconstruction_loss,
@@ -929,11 +1089,41 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
             reconstruction=finest_reconstruction.view(batch, channels, config.num_patches, config.patch_length),
             mask=patch_mask.view(batch, channels, config.num_patches).to(patches.dtype),
             patch_input=patches.view(batch, channels, config.num_patches, config.patch_length),
-            hidden_states=hidden_states,
             loc=loc,
             scale=scale,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def _hierarchy_losses(
+        self, patches: torch.Tensor, observed: torch.Tensor, predicted: list[torch.Tensor],
+        teacher_features: list[torch.Tensor] | None, level_masks: list[torch.Tensor],
+        level_indices: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L_R^i and L_D^i of every hierarchy (two `(num_hierarchies,)` tensors) and the finest reconstruction
+        `(series, num_patches, patch_length)`."""
+        num_series, patch_length = patches.shape[0], self.config.patch_length
+        rec_losses, dist_losses, reconstructions = [], [], []
+        for i, head in enumerate(self.reconstruction_heads):
+            per_token = 2**i * patch_length
+            level_patches = patches.reshape(num_series, -1, per_token)  # (series, num_patches // 2**i, 2**i * P)
+            level_observed = observed.reshape(num_series, -1, per_token)
+            masked_idx = level_indices[i][1]
+            # Place the predictions of the masked tokens on the full token grid; visible tokens keep the input,
+            # so the loss below (masked elements only) cannot see them.
+            predicted_patches = head(predicted[i]).to(level_patches.dtype)  # autocast-safe
+            reconstruction = level_patches.scatter(1, masked_idx.unsqueeze(-1).expand(-1, -1, per_token),
+                                                   predicted_patches)
+            reconstructions.append(reconstruction)
+            rec_losses.append(
+                masked_reconstruction_loss(reconstruction, level_patches, level_masks[i], level_observed)
+            )
+            if teacher_features is not None:
+                dist_losses.append(F.mse_loss(predicted[i], teacher_features[i]))
+            else:
+                dist_losses.append(patches.new_zeros(()))
+        return torch.stack(rec_losses), torch.stack(dist_losses), reconstructions[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -968,8 +1158,7 @@ class HiMTMCrossScaleHead(nn.Module):
         self.scale_embedding = nn.Parameter(torch.zeros(len(specs), width))
         num_layers = config.csa_num_layers if config.use_csa else 0
         self.layers = nn.ModuleList(
-            HiMTMTransformerBlock(width, config.csa_num_attention_heads, specs[0].ffn_dim, config.dropout,
-                                  config.attention_dropout)
+            HiMTMTransformerBlock(config, width, config.csa_num_attention_heads, specs[0].ffn_dim)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(width)
@@ -995,7 +1184,7 @@ class HiMTMCrossScaleHead(nn.Module):
 
     def _attend(self, tokens: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            tokens = layer(tokens)
+            tokens, _ = layer(tokens)
         return tokens
 
     def _attend_locally(self, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -1049,6 +1238,9 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         self.post_init()
         self.freeze_encoder(config.freeze_encoder)
 
+    def _freeze_fixed_parameters(self) -> None:
+        self.freeze_encoder(self.config.freeze_encoder)
+
     def freeze_encoder(self, freeze: bool = True) -> None:
         """Linear probing switch: freezes (or unfreezes) the HMT encoder and records it in the config."""
         self.config.freeze_encoder = freeze
@@ -1083,8 +1275,6 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
                 f"encoder loaded, new CSA-FT forecast head (prediction_length={model.config.prediction_length}, "
                 f"forecast_head_init={model.config.forecast_head_init!r}); fine-tune it before forecasting."
             )
-        # Loading replaces parameters after `__init__`, which resets `requires_grad`; re-apply the config's choice.
-        model.freeze_encoder(model.config.freeze_encoder)
         return (model, info) if want_info else model
 
     def forward(
@@ -1094,6 +1284,7 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
         future_values: torch.Tensor | None = None,
         future_observed_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         return_loss: bool = True,
         **kwargs,
@@ -1108,26 +1299,24 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
                 space with `config.prediction_loss_space="instance"`).
             future_observed_mask (`torch.Tensor` of the same shape as `future_values`, *optional*): 1 = observed;
                 missing targets are left out of the loss.
-            output_hidden_states (`bool`, *optional*): return every encoder block's output.
+            output_hidden_states (`bool`, *optional*): return the encoder's embedded patches and block outputs.
+            output_attentions (`bool`, *optional*): return the encoder's attention weights per block.
             return_dict (`bool`, *optional*): return a [`HiMTMForPredictionOutput`] instead of a tuple.
             return_loss (`bool`, defaults to `True`): compute the loss when targets are given.
         Returns:
             [`HiMTMForPredictionOutput`] or tuple.
         """
         config = self.config
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_hidden_states, output_attentions, return_dict = _output_flags(
+            config, output_hidden_states, output_attentions, return_dict
         )
-        return_dict = return_dict if return_dict is not None else config.return_dict
         batch, channels = past_values.shape[0], config.num_input_channels
         patches, _, loc, scale = self.model.prepare_patches(past_values, past_observed_mask)
-        if config.freeze_encoder:
-            with torch.no_grad():
-                features, hidden_states = self.model.encode(patches, output_hidden_states=output_hidden_states)
-        else:
-            features, hidden_states = self.model.encode(patches, output_hidden_states=output_hidden_states)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_encoder):
+            encoded = self.model.encode(patches, output_hidden_states=output_hidden_states,
+                                        output_attentions=output_attentions)
 
-        forecast = self.head(features)  # (batch * channels, prediction_length), scaled space
+        forecast = self.head(encoded.features)  # (batch * channels, prediction_length), scaled space
         forecast = forecast.view(batch, channels, config.prediction_length).transpose(1, 2)
         prediction = forecast * scale + loc  # (batch, prediction_length, channels), original units
 
@@ -1143,15 +1332,14 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
                 error = prediction - target
             loss = (error**2 * target_observed).sum() / target_observed.sum().clamp_min(1.0)
 
-        if hidden_states is not None:
-            hidden_states = tuple(h.view(batch, channels, h.shape[1], h.shape[2]) for h in hidden_states)
         output = HiMTMForPredictionOutput(
             loss=loss,
             prediction_outputs=prediction,
-            hierarchy_features=tuple(f.view(batch, channels, f.shape[1], f.shape[2]) for f in features),
-            hidden_states=hidden_states,
+            hierarchy_features=tuple(f.view(batch, channels, f.shape[1], f.shape[2]) for f in encoded.features),
             loc=loc,
             scale=scale,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -208,6 +208,8 @@ def test_missing_code_and_auto_map_are_added(run_dir, tmp_path):
     result = publish(PublishArguments(output_dir=str(bare), dry_run=True, dry_run_dir=str(tmp_path / "s")))
     staged = json.loads((result.folder / "config.json").read_text())
     assert staged["auto_map"] == {"AutoConfig": "configuration_himtm.HiMTMConfig",
+                                  "AutoModel": "modeling_himtm.HiMTMModel",
+                                  "AutoModelForPreTraining": "modeling_himtm.HiMTMForPretraining",
                                   "AutoModelForTimeSeriesPrediction": "modeling_himtm.HiMTMForPrediction"}
     assert (result.folder / "modeling_himtm.py").is_file() and any("auto_map" in n for n in result.notes)
 

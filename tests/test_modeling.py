@@ -62,7 +62,8 @@ def test_encoder_shapes_per_hierarchy():
     out = model(batch(2), output_hidden_states=True)
     assert [tuple(f.shape) for f in out.hierarchy_features] == [(2, 3, 16, 16), (2, 3, 8, 24), (2, 3, 4, 32)]
     assert out.last_hidden_state.shape == (2, 3, 4, 32)
-    assert len(out.hidden_states) == 4  # 1 + 2 + 1 blocks
+    assert len(out.hidden_states) == 5  # the embedded patches, then 1 + 2 + 1 blocks
+    assert [tuple(h.shape) for h in out.hidden_states] == [(2, 3, 16, 16)] * 2 + [(2, 3, 8, 24)] * 2 + [(2, 3, 4, 32)]
     assert out.patch_input.shape == (2, 3, 16, 4)
     assert out.loc.shape == out.scale.shape == (2, 1, 3)
 
@@ -191,6 +192,8 @@ def test_shared_teacher_receives_no_gradient():
 
 
 def test_ema_teacher_gets_no_gradient_and_follows_momentum_rule():
+    """The first forward copies the student; each optimiser step then moves the teacher by the momentum rule with
+    nothing else called (the model's optimiser post-step hook)."""
     cfg = tiny_config(teacher_type="ema", teacher_momentum=0.9)
     model = HiMTMForPretraining(cfg)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
@@ -201,11 +204,10 @@ def test_ema_teacher_gets_no_gradient_and_follows_momentum_rule():
     assert bool(model.hsd.teacher_initialized)
     for t, s in zip(teacher_params, student_params):
         assert torch.equal(t, s)
-    optimizer.step()
     teacher_before = [t.detach().clone() for t in teacher_params]
+    optimizer.step()
     student_now = [s.detach().clone() for s in student_params]
     assert any(not torch.equal(a, b) for a, b in zip(teacher_before, student_now))
-    model.update_teacher()
     for t, before, s in zip(teacher_params, teacher_before, student_now):
         torch.testing.assert_close(t, 0.9 * before + 0.1 * s, rtol=1e-6, atol=1e-6)  # float rounding only
 
@@ -220,7 +222,7 @@ def _teacher_targets(model, cfg, num_series=6):
     levels = cfg.effective_num_hierarchies
     level_masked = [split_indices(mask_at_level(mask, i), cfg.num_masked_patches // 2**i)[1] for i in range(levels)]
     with torch.no_grad():
-        full, _ = model.model.encoder(model.model.embedding(patches))
+        full = model.model.encoder(model.model.embedding(patches)).features
     return model.hsd.targets(model.model, patches, mask, masked_index, level_masked), full, level_masked
 
 
@@ -685,7 +687,8 @@ def test_package_does_not_import_itself_from_model_files():
         for line in text.splitlines():
             if line.startswith(("import ", "from ")):
                 module = line.split()[1]
-                assert module.startswith((".", "torch", "transformers", "__future__", "copy", "math", "dataclasses",
+                assert module.startswith((".", "torch", "transformers", "__future__", "copy", "math", "dataclasses", "typing",
+                                          "weakref",
                                           "collections")), line
 
 

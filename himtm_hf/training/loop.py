@@ -2,8 +2,8 @@
 
 One code path for CPU, one GPU, several GPUs and several CPU processes (`accelerate launch`). The loop works for any
 `PreTrainedModel` whose forward takes `past_values` (and, for forecasting, `future_values`) and returns `.loss`:
-HiMTM and `transformers.PatchTST*` alike. `update_teacher()` is called after each optimiser step when the model has
-it.
+HiMTM and `transformers.PatchTST*` alike. HiMTM's EMA teacher (`teacher_type="ema"`) takes its step inside the model's
+next training forward, as it does under `transformers.Trainer`, so this loop has nothing to call for it.
 
 Determinism (see `docs/training.md`): the torch RNG is re-seeded before every micro-batch from
 `(seed, optimiser step)`, so a run's masks and dropout do not depend on what ran before (resumed runs match
@@ -818,8 +818,6 @@ def train_model(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                if hasattr(unwrapped, "update_teacher"):
-                    unwrapped.update_teacher()
                 step += 1
                 state.global_step = step
                 progress.update(1)
