@@ -95,7 +95,7 @@ def cache_root() -> Path:
 
 def _download_sdist(version: str, into: Path) -> Path:
     """`pip download` of transformers' sdist for `version`; returns the archive's path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--quiet", "--dest", str(into), f"transformers=={version}"]
     done = subprocess.run(command, capture_output=True, text=True)
     archives = sorted(into.glob("transformers-*.tar.gz"))
@@ -121,7 +121,11 @@ def fetch(version: str) -> Path:
         staging.mkdir()
         with tarfile.open(archive) as tar:
             for name in UPSTREAM_FILES:
-                member = tar.getmember(f"transformers-{version}/tests/{name}")
+                try:
+                    member = tar.getmember(f"transformers-{version}/tests/{name}")
+                except KeyError:
+                    raise RuntimeError(f"{archive.name} has no tests/{name}: transformers {version} ships its model "
+                                       "test suite differently; adapt tests/upstream_suite.py.") from None
                 (staging / name).write_bytes(tar.extractfile(member).read())
         for relative, source in SHIMS.items():
             path = staging / relative
