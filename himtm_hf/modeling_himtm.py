@@ -978,6 +978,12 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         if self.hsd is not None:
             self.hsd.freeze_teacher()
 
+    def __setstate__(self, state: dict) -> None:
+        # A copy (`copy.deepcopy`, unpickling) follows its own optimiser's steps too.
+        super().__setstate__(state)
+        if self.hsd is not None and self.hsd.teacher_type == "ema":
+            _register_ema_model(self)
+
     @torch.no_grad()
     def update_teacher(self) -> None:
         """Takes the EMA teacher's step towards the student now (no-op for the shared teacher).

@@ -5,6 +5,7 @@ left at zero until `_init_weights`, hidden states off the autograd path, no grad
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -226,3 +227,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(cls):
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         if a.grad is not None:
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_copied_ema_model_follows_its_own_optimiser():
+    cfg = tiny_config(teacher_type="ema", teacher_momentum=0.5)
+    model = copy.deepcopy(HiMTMForPretraining(cfg))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(batch(2, cfg)).loss.backward()  # copies the student into the teacher
+    teacher = model.hsd.teacher_embedding.projection.weight
+    before, student = teacher.detach().clone(), model.model.embedding.projection.weight
+    optimizer.step()
+    torch.testing.assert_close(teacher, 0.5 * before + 0.5 * student.detach())
