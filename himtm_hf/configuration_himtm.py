@@ -6,6 +6,8 @@ weights for `trust_remote_code` loading.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +21,34 @@ _CSA_ATTENTIONS = ("global", "local")
 _POSITIONAL_ENCODINGS = ("learned", "sincos")
 _FORECAST_HEAD_INITS = ("normal", "zeros")
 _DISTILLATION_TARGET_NORMS = ("none", "token", "instance")
+
+# Field types checked by `HiMTMConfig._check_field_types` before anything reads the values: a string such as
+# `d_model="64"` would otherwise be iterated character by character into the widths [6, 4].
+_POSITIVE_INT_FIELDS = ("context_length", "prediction_length", "num_input_channels", "patch_length", "patch_stride",
+                        "num_hierarchies", "decoder_num_layers", "decoder_num_attention_heads",
+                        "csa_num_attention_heads")
+_INT_OR_LIST_FIELDS = ("d_model", "num_layers", "num_attention_heads", "ffn_dim")
+_FLOAT_FIELDS = ("dropout", "attention_dropout", "positional_dropout", "head_dropout", "mask_ratio", "teacher_momentum",
+                 "reconstruction_loss_weight", "distillation_loss_weight", "minimum_scale", "initializer_range")
+_BOOL_FIELDS = ("freeze_encoder", "use_hmt", "use_ded", "use_hsd", "use_csa")
+
+
+def _is_int(value) -> bool:
+    """True for Python and numpy integers; False for bools (a bool is an int to Python, never a size here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """True for finite ints and floats (Python or numpy); False for bools, strings and NaN/inf."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _type_error(name: str, expected: str, value) -> ValueError:
+    """The error for a field of the wrong type, naming the field, the expected type and what was given."""
+    hint = ""
+    if isinstance(value, str):
+        hint = " A value read as text (a command-line flag, a quoted YAML or JSON value) must be converted first."
+    return ValueError(f"`{name}` must be {expected}, got {value!r} ({type(value).__name__}).{hint}")
 
 
 @dataclass(frozen=True)
@@ -38,8 +68,12 @@ def _as_list(name: str, value: int | Sequence[int], length: int) -> list[int]:
     """Broadcasts an int to `length` hierarchies, or checks that a list has one entry per hierarchy."""
     if isinstance(value, bool):
         raise ValueError(f"`{name}` must be an int or a list of ints, got a bool.")
-    if isinstance(value, int):
-        return [value] * length
+    if _is_int(value):
+        return [int(value)] * length
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise _type_error(name, "an int or a list of ints", value)
+    if not all(_is_int(v) for v in value):
+        raise _type_error(name, "an int or a list of ints", value)
     values = [int(v) for v in value]
     if len(values) != length:
         raise ValueError(
@@ -229,7 +263,9 @@ class HiMTMConfig(PretrainedConfig):
         self.distillation_target_norm = distillation_target_norm
         self.reconstruction_loss_weight = reconstruction_loss_weight
         self.distillation_loss_weight = distillation_loss_weight
-        self.hierarchy_loss_weights = list(hierarchy_loss_weights) if hierarchy_loss_weights is not None else None
+        self.hierarchy_loss_weights = (
+            list(hierarchy_loss_weights) if isinstance(hierarchy_loss_weights, (list, tuple)) else hierarchy_loss_weights
+        )
         self.scaling = scaling
         self.minimum_scale = minimum_scale
         self.prediction_loss_space = prediction_loss_space
@@ -254,9 +290,14 @@ class HiMTMConfig(PretrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """As `PretrainedConfig.from_dict`, but a config saved before a field existed gets the value its weights were
-        trained with (not today's default): e.g. a forecaster saved before `csa_attention` loads with `"global"`."""
+        trained with (not today's default): e.g. a forecaster saved before `csa_attention` loads with `"global"`.
+
+        Keyword overrides (`from_pretrained(path, num_input_channels=3)`) are set by transformers after `__init__`, so
+        the result is validated again: an override of the wrong type fails here, not inside the model."""
         config_dict = {**{k: v for k, v in cls._FIELDS_ADDED_LATER.items() if k not in config_dict}, **config_dict}
-        return super().from_dict(config_dict, **kwargs)
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result)._validate()
+        return result
 
     # ------------------------------------------------------------------ transformers' common names
     @property
@@ -332,18 +373,67 @@ class HiMTMConfig(PretrainedConfig):
         return [w / total for w in weights]
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> None:
-        def positive_int(name: str) -> None:
+    def _check_field_types(self) -> None:
+        """Checks every field's type before any value is used: ints (numpy ints are accepted and stored as Python
+        ints, so the config stays JSON-serialisable), finite numbers, bools, ints-or-lists-of-ints and optional
+        fields. Range and choice checks follow in `_validate`. Python's own comparisons would otherwise fail with a
+        bare `TypeError` (`dropout="0.1"`) or, worse, succeed on nonsense (`d_model="64"` iterated into [6, 4])."""
+        for name in _POSITIVE_INT_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            if not _is_int(value) or value < 1:
+                raise _type_error(name, "a positive int", value)
+            setattr(self, name, int(value))
+        if not _is_int(self.csa_num_layers) or self.csa_num_layers < 0:
+            raise _type_error("csa_num_layers", "an int >= 0", self.csa_num_layers)
+        self.csa_num_layers = int(self.csa_num_layers)
+        if self.decoder_d_model is not None:
+            if not _is_int(self.decoder_d_model) or self.decoder_d_model < 1:
+                raise _type_error("decoder_d_model", "a positive int or None", self.decoder_d_model)
+            self.decoder_d_model = int(self.decoder_d_model)
+        for name in _INT_OR_LIST_FIELDS:
+            value = getattr(self, name)
+            if _is_int(value):
+                values = [int(value)]
+                setattr(self, name, values[0])
+            elif isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value):
+                values = [int(v) for v in value]
+                setattr(self, name, values)
+            else:
+                raise _type_error(name, "an int or a non-empty list of ints (one per hierarchy)", value)
+            if any(v < 1 for v in values):
+                raise ValueError(f"`{name}` must be positive (each entry >= 1), got {value!r}.")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not _is_number(value):
+                raise _type_error(name, "a finite number", value)
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise _type_error(name, "True or False", value)
+        weights = self.hierarchy_loss_weights
+        if weights is not None and (
+            isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence)
+            or not all(_is_number(w) for w in weights)
+        ):
+            raise _type_error("hierarchy_loss_weights", "None or a list of finite numbers", weights)
+        for name, choices in (("teacher_type", _TEACHERS), ("teacher_input", _TEACHER_INPUTS),
+                              ("distillation_target_norm", _DISTILLATION_TARGET_NORMS), ("scaling", _SCALINGS),
+                              ("prediction_loss_space", ("input", "instance")), ("head_type", _HEAD_TYPES),
+                              ("csa_attention", _CSA_ATTENTIONS), ("positional_encoding_type", _POSITIONAL_ENCODINGS),
+                              ("forecast_head_init", _FORECAST_HEAD_INITS)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise _type_error(name, f"one of {choices}", value)
 
-        for name in ("context_length", "prediction_length", "num_input_channels", "patch_length", "patch_stride",
-                     "num_hierarchies", "decoder_num_layers", "decoder_num_attention_heads",
-                     "csa_num_attention_heads"):
-            positive_int(name)
-        if self.csa_num_layers < 0:
-            raise ValueError(f"`csa_num_layers` must be >= 0, got {self.csa_num_layers}.")
+    def _validate(self) -> None:
+        self._check_field_types()
+        if self.minimum_scale <= 0:
+            raise ValueError(
+                f"`minimum_scale` must be > 0 (the floor on the per-instance scale, which the input is divided "
+                f"by), got {self.minimum_scale}."
+            )
+        if self.initializer_range < 0:
+            raise ValueError(f"`initializer_range` must be >= 0, got {self.initializer_range}.")
         if self.patch_length > self.context_length:
             raise ValueError(
                 f"`patch_length` ({self.patch_length}) is longer than `context_length` ({self.context_length}); "

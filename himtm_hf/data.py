@@ -20,10 +20,29 @@ Where the data comes from
 
 Column roles
 ------------
-``timestamp_column`` defaults to ``"date"`` when such a column exists (pass ``False`` for "no
-timestamp column"). ``target_columns`` defaults to every numeric column except the timestamp.
-Column names are kept exactly as written in the file (the weather header contains U+FFFD
-characters; they are not altered).
+``timestamp_column`` defaults to ``"date"`` when such a column exists, else to the first column
+named like a time axis (``datetime``, ``time``, ``timestamp``, ``ts``, ``epoch``, ``step``, ...,
+case-insensitive) or like a saved row index (``index``, ``Unnamed: 0``); pass ``False`` for "no
+timestamp column". A timestamp column of numbers (epoch seconds, steps) is a numeric time axis.
+``target_columns`` defaults to every numeric column except the timestamp; a numeric column named
+like a time axis or row index that is not the timestamp column is then an error, not a channel
+(name the channels with ``target_columns``). Column names are kept exactly as written in the file
+(the weather header contains U+FFFD characters; they are not altered).
+
+Timestamps
+----------
+Windows are consecutive rows, so every row needs a timestamp, and they must be unique and strictly
+increasing: a duplicated, shuffled or reversed time axis is a ``ValueError`` naming the file and
+the first offending rows (``sort_timestamps=True`` sorts the rows instead; duplicates stay an
+error). Gaps are allowed. The one duplicate of the distributed weather file is accepted so the
+benchmark protocol is unchanged (``_KNOWN_DUPLICATE_TIMESTAMPS``).
+
+Malformed files
+---------------
+An empty, header-only, binary, non-UTF-8, ragged (a row with more or fewer fields than the
+header) or truncated/corrupt gzip CSV, and an unreadable parquet file, raise a ``ValueError``
+naming the file and the problem, instead of a pandas / datasets / gzip traceback or a silently
+shifted or padded table.
 
 Splits (the Informer / Autoformer / PatchTST protocol)
 ------------------------------------------------------
@@ -54,15 +73,23 @@ Missing values (empty cells, ``NaN``, ``NA``, ...) in target columns are allowed
 * after standardisation NaNs are replaced with 0 (the train mean), so tensors never contain NaN.
 
 Infinite values (``inf``/``-inf``) are rejected with a ``ValueError`` naming the column and row,
-as are non-numeric values in a target column.
+as are non-numeric values in a target column. So are values whose scaler statistics overflow or do
+not fit float32 (e.g. 1e300, whose square overflows float64; see ``SeriesScaler``), values that
+overflow float32 once standardised, and a stretch of rows missing in every column that fills a
+whole look-back window (the model refuses a window with nothing observed).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import gzip
 import json
 import math
 import os
+import re
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +100,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import torch
 from torch.utils.data import Dataset
 
@@ -262,16 +290,133 @@ def _resolve_source(dataset: str | os.PathLike[str], data_dir: str | os.PathLike
 # ----------------------------------------------------------------------------------------------
 
 
+_CHECKED_CSV_FILES: dict[tuple[str, int, int], None] = {}
+"""CSV files that passed `_check_csv_file`, by (path, size, mtime): a file is scanned once per process."""
+
+_HEAD_BYTES = 1 << 16
+
+
+def _read_head(path: str) -> bytes:
+    """The first bytes of the file's text (decompressed for ``.gz``); raises ValueError for a bad gzip stream."""
+    try:
+        if path.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                return handle.read(_HEAD_BYTES)
+        with open(path, "rb") as handle:
+            return handle.read(_HEAD_BYTES)
+    except gzip.BadGzipFile as error:
+        raise ValueError(
+            f"File {path} is not a gzip file although its name ends in .gz ({error}). Rename it to .csv if it is "
+            f"plain text, or compress it again."
+        ) from error
+    except (EOFError, zlib.error) as error:
+        raise ValueError(
+            f"File {path} is a truncated or corrupt gzip file ({type(error).__name__}: {error}); it was probably cut "
+            f"off while downloading or copying. Fetch or compress it again."
+        ) from error
+
+
+def _ragged_line(path: str) -> str:
+    """Where the first row whose field count differs from the header's is (error path only: a Python scan)."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        for row in reader:
+            if row and len(row) != len(header):
+                return (
+                    f"line {reader.line_num} has {len(row)} fields but the header (line 1) has {len(header)}"
+                    f" ({','.join(row)[:80]!r})"
+                )
+    return "a row's field count differs from the header's"
+
+
+def _check_csv_file(path: str) -> None:
+    """Checks that ``path`` is readable CSV text with a header, at least one data row and the same number of fields
+    on every row; raises a ValueError naming the file and the problem otherwise.
+
+    Without it ``datasets``/pandas fail with their own tracebacks (``EmptyDataError``, "Instruction 'train'
+    corresponds to no data", ``DatasetGenerationError``, ``EOFError``), or worse, read a ragged file silently: a row
+    with too few fields gets empty (missing) trailing values, and a file whose rows all have one field more than the
+    header is read with its first column as the index, shifting every column by one. The field count scan uses
+    ``pyarrow.csv`` (fast, multi-threaded, no values converted), once per file and process.
+    """
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED_CSV_FILES:
+        return
+    head = _read_head(path)
+    if not head.strip():
+        raise ValueError(
+            f"File {path} is empty: it has no header line and no data. Expected a CSV file whose first line names the "
+            f"columns (e.g. date,a,b) followed by one line per time step."
+        )
+    if b"\0" in head:
+        raise ValueError(
+            f"File {path} looks like a binary file (it contains NUL bytes), not CSV text. Pass a .csv/.csv.gz text "
+            f"file, or a .parquet file for binary tables."
+        )
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < _HEAD_BYTES)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"File {path} is not UTF-8 text (byte {head[error.start]:#04x} at offset {error.start}). Save it as UTF-8 "
+            f"(e.g. pandas: df.to_csv(path, encoding='utf-8'))."
+        ) from error
+    try:
+        table = pa_csv.read_csv(
+            path,
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(include_columns=[]),
+        )
+    except pa.ArrowInvalid as error:
+        if "Expected" in str(error) and "columns, got" in str(error):
+            raise ValueError(
+                f"File {path} has rows with the wrong number of fields: {_ragged_line(path)}. Every row needs exactly "
+                f"one value per header column (leave a cell empty for a missing value; quote values that contain a "
+                f"comma)."
+            ) from error
+        raise ValueError(f"File {path} could not be read as CSV: {error}.") from error
+    except (OSError, EOFError) as error:  # pyarrow reports a truncated or corrupt gzip stream as OSError
+        raise ValueError(
+            f"File {path} could not be read to the end ({type(error).__name__}: {error}): a truncated or corrupt "
+            f"compressed file? Fetch or compress it again."
+        ) from error
+    if table.num_rows == 0:
+        header = head.decode("utf-8", errors="replace").splitlines()[0][:200]
+        raise ValueError(
+            f"File {path} has a header line ({header!r}) but no data rows. Add one line per time step below it."
+        )
+    _CHECKED_CSV_FILES[key] = None
+
+
+def _load_dataset_file(source: _Source) -> datasets.Dataset:
+    """``datasets.load_dataset`` for a local csv/parquet file; its errors are re-raised as ValueErrors naming the
+    file (a last line of defence: `_check_csv_file` catches the common malformed CSVs first)."""
+    try:
+        if source.kind == "csv":
+            # Read every column as text so that (a) no chunk-wise type inference can go wrong and
+            # (b) non-numeric values can be reported with their column and row.
+            header = pd.read_csv(source.location, nrows=0)
+            features = datasets.Features({str(c): datasets.Value("string") for c in header.columns})
+            return datasets.load_dataset("csv", data_files=source.location, split="train", features=features)
+        return datasets.load_dataset("parquet", data_files=source.location, split="train")
+    except (ValueError, OSError, EOFError, UnicodeDecodeError, pa.ArrowException,
+            datasets.exceptions.DatasetGenerationError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        cause = error.__cause__ or error.__context__ or error
+        what = "a parquet file" if source.kind == "parquet" else "CSV"
+        raise ValueError(
+            f"File {source.location} could not be read as {what}: {type(cause).__name__}: {cause}. Check that the "
+            f"file is complete and in that format."
+        ) from error
+
+
 def _load_table(source: _Source) -> pa.Table:
     """Load the whole source through ``datasets`` as one Arrow table."""
     if source.kind == "csv":
-        # Read every column as text so that (a) no chunk-wise type inference can go wrong and
-        # (b) non-numeric values can be reported with their column and row.
-        header = pd.read_csv(source.location, nrows=0)
-        features = datasets.Features({str(c): datasets.Value("string") for c in header.columns})
-        ds = datasets.load_dataset("csv", data_files=source.location, split="train", features=features)
-    elif source.kind == "parquet":
-        ds = datasets.load_dataset("parquet", data_files=source.location, split="train")
+        _check_csv_file(source.location)
+    if source.kind in ("csv", "parquet"):
+        ds = _load_dataset_file(source)
     else:
         loaded = datasets.load_dataset(source.location)
         if isinstance(loaded, datasets.DatasetDict):
@@ -293,6 +438,10 @@ def _row_hint(source: _Source, row: int) -> str:
     if source.kind == "csv":
         return f"data row {row} (line {row + 2} of the file, the header being line 1)"
     return f"row {row}"
+
+
+def _short_row_hint(source: _Source, row: int) -> str:
+    return f"data row {row} (line {row + 2})" if source.kind == "csv" else f"row {row}"
 
 
 def _parse_text_column(array: pa.ChunkedArray) -> tuple[np.ndarray, int | None]:
@@ -373,10 +522,63 @@ class _ColumnParser:
         return values
 
 
-def _parse_timestamps(table: pa.Table, column: str, source: _Source) -> pd.DatetimeIndex:
+_TIME_COLUMN_NAMES = frozenset(
+    {"date", "datetime", "time", "timestamp", "ts", "time_idx", "time_index", "epoch", "step", "time_step", "timestep"}
+)
+"""Column names (case-insensitive) that name a time axis: such a column is the timestamp column when there is no
+``date`` column, and never silently a forecast channel."""
+
+_INDEX_COLUMN_NAME = re.compile(r"^(|index|idx|unnamed: \d+)$")
+"""Names of a saved row index: pandas writes its index under an empty header, read back as ``Unnamed: 0``."""
+
+
+def _is_time_like_name(name: str) -> bool:
+    lowered = name.strip().lower()
+    return lowered in _TIME_COLUMN_NAMES or bool(_INDEX_COLUMN_NAME.match(lowered))
+
+
+def _choose_timestamp_column(columns: list[str], timestamp_column: TimestampArg, source: _Source) -> str | None:
+    """The timestamp column: the one named, none for False, else (None) ``date`` if present, else the first column
+    whose name is time-like (``_TIME_COLUMN_NAMES`` or a saved row index such as ``Unnamed: 0``)."""
+    if timestamp_column is False:
+        return None
+    if timestamp_column is not None:
+        name = str(timestamp_column)
+        if name not in columns:
+            raise ValueError(
+                f"Timestamp column {name!r} not found in {source.describe()}; columns are {columns}. "
+                f"Pass one of them, or timestamp_column=False for no timestamps."
+            )
+        return name
+    if "date" in columns:
+        return "date"
+    return next((c for c in columns if _is_time_like_name(c)), None)
+
+
+def _check_no_time_like_targets(targets: list[str], ts_col: str | None, source: _Source) -> None:
+    """Raises when a numeric column picked as a channel by default is named like a time axis or a saved row index:
+    an integer epoch or step column would otherwise be standardised and forecast as if it were a measurement."""
+    suspicious = [c for c in targets if _is_time_like_name(c)]
+    if not suspicious:
+        return
+    name = suspicious[0]
+    now = f"the timestamp column is {ts_col!r}" if ts_col is not None else "timestamp_column=False was passed"
+    raise ValueError(
+        f"Column {name!r} of {source.describe()} is numeric and named like a time axis or a saved row index, but "
+        f"{now}, so it would be forecast as a channel. Pass target_columns=[...] naming the channels to forecast "
+        f"(list {name!r} there to forecast it anyway), or timestamp_column={name!r} to use it as the time axis."
+    )
+
+
+def _parse_timestamps(table: pa.Table, column: str, source: _Source) -> pd.Index:
+    """The timestamp column as a DatetimeIndex, or as a numeric Index when every value is a number (epoch seconds,
+    step counts: the forecast pipeline treats numeric time columns the same way)."""
     array = table.column(column)
     if pa.types.is_timestamp(array.type) or pa.types.is_date(array.type):
         return pd.DatetimeIndex(pd.to_datetime(array.to_pandas()), name=column)
+    numeric = _numeric_timestamps(array)
+    if numeric is not None:
+        return pd.Index(numeric, name=column)
     raw = pd.Series(array.to_pylist(), dtype=object)
     try:
         parsed = pd.to_datetime(raw)
@@ -392,44 +594,113 @@ def _parse_timestamps(table: pa.Table, column: str, source: _Source) -> pd.Datet
     return pd.DatetimeIndex(parsed, name=column)
 
 
+def _numeric_timestamps(array: pa.ChunkedArray) -> np.ndarray | None:
+    """The column as numbers (int64 when every value is a whole number), or None if it is not all numbers."""
+    kind = array.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+            or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return None
+    try:
+        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    if finite.size == values.size and np.all(finite == np.round(finite)) and np.abs(finite).max() < 2**53:
+        return values.astype(np.int64)
+    return values
+
+
+_KNOWN_DUPLICATE_TIMESTAMPS: dict[str, frozenset[str]] = {"weather": frozenset({"2020-05-12 06:00:00"})}
+"""Duplicated timestamps of the benchmark files as distributed, accepted so that the published protocol (which
+keeps every row) is reproduced: weather repeats the whole row at 2020-05-12 06:00:00 (data rows 19043 and
+19044; see the data folder's README). Any other duplicate in a benchmark file is still an error."""
+
+
+def _check_time_order(
+    timestamps: pd.Index, source: _Source, sort_timestamps: bool
+) -> np.ndarray | None:
+    """Checks that every row has a timestamp, that none repeats and that they increase; returns the row order that
+    sorts them when ``sort_timestamps`` (None: keep the file's order).
+
+    The rule is the forecast pipeline's (``himtm_hf.pipeline.infer_time_axis``) minus its regular-step check:
+    training windows are row-based, so a shuffled, reversed or duplicated time axis would train and evaluate on
+    windows that are not consecutive in time without any sign of it. Gaps (a missing hour) are allowed, and so are
+    the known duplicates of the benchmark files (``_KNOWN_DUPLICATE_TIMESTAMPS``).
+    """
+    column = timestamps.name
+    missing = np.asarray(timestamps.isna())
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise ValueError(
+            f"Timestamp column {column!r} of {source.describe()} has no value at {_short_row_hint(source, row)}; every "
+            f"row needs a timestamp. Fill it in or drop the row."
+        )
+    duplicated = np.asarray(timestamps.duplicated(keep="first"))
+    known = _KNOWN_DUPLICATE_TIMESTAMPS.get(resolve_benchmark_name(source.name) or "")
+    if known and duplicated.any():
+        duplicated &= ~np.asarray(timestamps.astype(str).isin(known))
+    if duplicated.any():
+        row = int(np.argmax(duplicated))
+        first = int(np.flatnonzero(np.asarray(timestamps == timestamps[row]))[0])
+        raise ValueError(
+            f"Timestamp column {column!r} of {source.describe()} has duplicated timestamps: {timestamps[row]} is at "
+            f"{_short_row_hint(source, first)} and again at {_short_row_hint(source, row)}. Aggregate or drop the duplicates "
+            f"(e.g. df.drop_duplicates({column!r})); sort_timestamps=True does not remove them."
+        )
+    if timestamps.is_monotonic_increasing:
+        return None
+    values = np.asarray(timestamps)
+    if sort_timestamps:
+        return np.argsort(values, kind="stable")
+    row = int(np.flatnonzero(values[1:] < values[:-1])[0]) + 1  # equal neighbours are known duplicates
+    raise ValueError(
+        f"Timestamp column {column!r} of {source.describe()} is not in increasing order: {_short_row_hint(source, row)} "
+        f"({timestamps[row]}) comes after {_short_row_hint(source, row - 1)} ({timestamps[row - 1]}). Sort the file by "
+        f"its timestamps (e.g. df.sort_values({column!r})), or pass sort_timestamps=True to sort the rows while "
+        f"loading."
+    )
+
+
 def load_series(
     dataset: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     timestamp_column: TimestampArg = None,
     target_columns: Sequence[str] | str | None = None,
-) -> tuple[pd.DataFrame, pd.DatetimeIndex | None, str]:
+    sort_timestamps: bool = False,
+) -> tuple[pd.DataFrame, pd.Index | None, str]:
     """Load a multivariate series.
 
     Args:
         dataset: a file path (.csv, .csv.gz, .parquet), a benchmark name or a Hub repo id.
         data_dir: folder holding the benchmark files (default: ``$HIMTM_DATA_DIR``, else
             ``<project>/../shared/data``).
-        timestamp_column: name of the timestamp column; None means ``"date"`` if present,
-            False means no timestamp column.
-        target_columns: columns to forecast; None means every numeric column except the
-            timestamp.
+        timestamp_column: name of the timestamp column; False means no timestamp column; None means
+            ``"date"`` if present, else the first column named like a time axis (case-insensitive:
+            ``datetime``, ``time``, ``timestamp``, ``ts``, ``time_idx``, ``epoch``, ``step``, ...) or like a
+            saved row index (``index``, ``idx``, ``Unnamed: 0``, an empty header).
+        target_columns: columns to forecast; None means every numeric column except the timestamp. A
+            numeric column with a time-like or row-index name (see above) that is not the timestamp column
+            is then an error rather than a channel (an epoch or step counter is not a measurement): name the
+            channels with ``target_columns`` (listing it forecasts it anyway). Only names are used, not
+            values: an increasing integer column with another name is a legitimate channel (a counter, a
+            trend) and is kept.
+        sort_timestamps: the timestamps must be unique and strictly increasing; by default rows out of
+            order are an error naming the first one. True sorts the rows by timestamp instead (stable).
+            Duplicated timestamps are an error either way.
 
     Returns:
         ``(values, timestamps, name)``: a float64 DataFrame (one column per target, NaN for
-        missing values, RangeIndex over rows), a DatetimeIndex or None, and the dataset name.
+        missing values, RangeIndex over rows), the timestamps (a DatetimeIndex, or a numeric Index
+        for a timestamp column of numbers such as epoch seconds) or None, and the dataset name.
     """
     source = _resolve_source(dataset, data_dir)
     table = _load_table(source)
     columns = [str(c) for c in table.column_names]
     if table.num_rows == 0:
         raise ValueError(f"{source.describe()} has no data rows (columns: {columns}).")
-
-    if timestamp_column is None:
-        ts_col: str | None = "date" if "date" in columns else None
-    elif timestamp_column is False:
-        ts_col = None
-    else:
-        ts_col = str(timestamp_column)
-        if ts_col not in columns:
-            raise ValueError(
-                f"Timestamp column {ts_col!r} not found in {source.describe()}; columns are {columns}. "
-                f"Pass one of them, or timestamp_column=False for no timestamps."
-            )
+    ts_col = _choose_timestamp_column(columns, timestamp_column, source)
 
     parser = _ColumnParser(table, source)
     if target_columns is None:
@@ -440,6 +711,7 @@ def load_series(
                 f"{ts_col!r}; columns are {columns}. Pass target_columns=[...] naming the columns "
                 f"to forecast."
             )
+        _check_no_time_like_targets(targets, ts_col, source)
     else:
         targets = [target_columns] if isinstance(target_columns, str) else [str(c) for c in target_columns]
         if not targets:
@@ -459,6 +731,11 @@ def load_series(
 
     frame = pd.DataFrame({c: parser.values(c) for c in targets}, columns=targets)
     timestamps = _parse_timestamps(table, ts_col, source) if ts_col is not None else None
+    if timestamps is not None:
+        order = _check_time_order(timestamps, source, sort_timestamps)
+        if order is not None:
+            frame = frame.iloc[order].reset_index(drop=True)
+            timestamps = timestamps[order]
     return frame, timestamps, source.name
 
 
@@ -467,11 +744,37 @@ def load_series(
 # ----------------------------------------------------------------------------------------------
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_statistics(mean: np.ndarray, std: np.ndarray, names: Sequence[str], origin: str) -> None:
+    """Raises unless every mean and std is finite, within float32's range, and every std is > 0.
+
+    float32 because that is what the model, the stored windows and the original-unit forecasts
+    (``inverse_transform`` of a float32 array) compute in: a std of 1e300 (or inf, from squares that
+    overflow float64) would standardise the column to zeros and turn its forecasts into inf while the
+    standardised test MSE still looked normal.
+    """
+    bad_mean = ~np.isfinite(mean) | (np.abs(mean) > _FLOAT32_MAX)
+    bad_std = ~np.isfinite(std) | (std > _FLOAT32_MAX) | ~(std > 0)
+    bad = np.flatnonzero(bad_mean | bad_std)
+    if bad.size == 0:
+        return
+    listed = ", ".join(f"{names[i]!r} (mean={mean[i]:.3g}, std={std[i]:.3g})" for i in bad[:5])
+    raise ValueError(
+        f"{origin}: column(s) {listed} have statistics that are not finite, not positive (std) or beyond float32's "
+        f"range ({_FLOAT32_MAX:.3g}), which the model computes in. Such values overflow (their squares exceed "
+        f"float64's range above ~1e154): check the column for a wrong value, divide it by a power of ten before "
+        f"loading, or leave it out with target_columns=[...]."
+    )
+
+
 class SeriesScaler:
     """Per-column standardisation (like ``sklearn.preprocessing.StandardScaler``).
 
     ``mean``/``std`` are float64 arrays with one value per column. ``std`` uses ``ddof=0``; a zero
-    (constant column) std is replaced by 1. ``fit`` ignores NaNs.
+    (constant column) std is replaced by 1. ``fit`` ignores NaNs. Statistics that are not finite or
+    do not fit float32 (see ``_check_statistics``) are refused by ``fit``, the constructor and ``load``.
     """
 
     FILE_NAME = "scaler.json"
@@ -489,6 +792,9 @@ class SeriesScaler:
             raise ValueError(f"mean {self.mean.shape} and std {self.std.shape} differ in shape.")
         if self.columns is not None and self.mean is not None and len(self.columns) != self.mean.size:
             raise ValueError(f"{len(self.columns)} column names for {self.mean.size} statistics.")
+        if self.mean is not None and self.std is not None:
+            names = self.columns or [str(i) for i in range(self.mean.size)]
+            _check_statistics(self.mean.ravel(), self.std.ravel(), names, "SeriesScaler")
 
     @property
     def num_columns(self) -> int:
@@ -514,10 +820,12 @@ class SeriesScaler:
             )
         if np.isinf(array).any():
             raise ValueError("Cannot fit the scaler on infinite values.")
-        mean = np.nanmean(array, axis=0)
-        std = np.nanstd(array, axis=0, ddof=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_statistics
+            mean = np.nanmean(array, axis=0)
+            std = np.nanstd(array, axis=0, ddof=0)
         tiny = std <= 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)
         std = np.where(tiny, 1.0, std)
+        _check_statistics(mean, std, names, "Cannot fit the scaler on the train rows")
         self.mean, self.std, self.columns = mean, std, names
         return self
 
@@ -569,7 +877,12 @@ class SeriesScaler:
         return cls(mean=payload["mean"], std=payload["std"], columns=payload.get("columns"))
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``<directory>/scaler.json`` (columns, mean, std); returns its path."""
+        """Write ``<directory>/scaler.json`` (columns, mean, std); returns its path. Statistics that are
+        not finite are refused (they were once written as ``Infinity``)."""
+        self._check_fitted()
+        assert self.mean is not None and self.std is not None
+        _check_statistics(self.mean.ravel(), self.std.ravel(), self.columns or [str(i) for i in range(self.mean.size)],
+                          "SeriesScaler.save")
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.FILE_NAME
@@ -586,7 +899,14 @@ class SeriesScaler:
             raise FileNotFoundError(
                 f"No scaler file at {path}; it is written by SeriesScaler.save(directory)."
             )
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"Scaler file {path} is not a valid scaler: {type(error).__name__}: {error}. It must hold the train "
+                f"split's finite per-column 'mean' and 'std' (and 'columns'); re-create it by training again on "
+                f"checked data, or with SeriesScaler().fit(train_values, columns).save(folder)."
+            ) from error
 
     def __repr__(self) -> str:
         if self.mean is None:
@@ -711,7 +1031,7 @@ class SplitData:
     test: ForecastWindowDataset
     scaler: SeriesScaler
     columns: list[str]
-    timestamps: pd.DatetimeIndex | None
+    timestamps: pd.Index | None  # a DatetimeIndex, or a numeric Index for a numeric time column
     borders: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
@@ -765,10 +1085,26 @@ def _check_fractions(split_fractions: Sequence[float]) -> tuple[float, float, fl
     return train, val, test
 
 
+def _split_points(split_dates: Sequence[Any], timestamps: pd.Index) -> tuple[Any, Any]:
+    """``split_dates`` as two values comparable with the timestamps: dates for a datetime axis, numbers for
+    a numeric one (e.g. epoch seconds)."""
+    if isinstance(timestamps, pd.DatetimeIndex):
+        first, second = (pd.Timestamp(d) for d in split_dates)
+        return first, second
+    try:
+        first, second = (float(d) for d in split_dates)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"The timestamp column {timestamps.name!r} holds numbers, so split_dates must be two numbers on the "
+            f"same axis, got {split_dates!r}."
+        ) from error
+    return first, second
+
+
 def _split_sizes(
     name: str,
     n: int,
-    timestamps: pd.DatetimeIndex | None,
+    timestamps: pd.Index | None,
     split_fractions: Sequence[float] | None,
     split_dates: Sequence[Any] | None,
 ) -> tuple[int, int, int]:
@@ -781,14 +1117,16 @@ def _split_sizes(
             )
         if len(split_dates) != 2:
             raise ValueError(f"split_dates must be two dates (train end, val end), got {split_dates!r}.")
-        first, second = (pd.Timestamp(d) for d in split_dates)
+        first, second = _split_points(split_dates, timestamps)
         if second < first:
             raise ValueError(f"split_dates must be in order, got {first} after {second}.")
         if timestamps.hasnans or not timestamps.is_monotonic_increasing:
             raise ValueError(
                 "split_dates needs timestamps sorted in increasing order without missing values."
             )
-        stamps = timestamps.tz_localize(None) if timestamps.tz is not None else timestamps
+        stamps = timestamps
+        if isinstance(timestamps, pd.DatetimeIndex) and timestamps.tz is not None:
+            stamps = timestamps.tz_localize(None)
         train = int(stamps.searchsorted(first, side="left"))
         val_end = int(stamps.searchsorted(second, side="left"))
         sizes = (train, val_end - train, n - val_end)
@@ -844,6 +1182,51 @@ def _min_rows_needed(fractions: tuple[float, float, float], context_length: int,
     return None
 
 
+def _check_float32(
+    scaled32: np.ndarray, raw: np.ndarray, scaler: SeriesScaler, columns: list[str], name: str
+) -> None:
+    """Raises when a standardised value overflows float32 (the windows' dtype): a value far outside the
+    train rows' range (e.g. 1e300 in the test rows of a column whose train std is 1) would become inf."""
+    finite = np.isfinite(scaled32)
+    if finite.all():
+        return
+    row, column = (int(i[0]) for i in np.nonzero(~finite))
+    assert scaler.mean is not None and scaler.std is not None
+    raise ValueError(
+        f"Series {name!r}: the value {raw[row, column]:.6g} of column {columns[column]!r} at row {row} is "
+        f"{abs(raw[row, column] - scaler.mean[column]) / scaler.std[column]:.3g} train standard deviations from the "
+        f"train mean (mean {scaler.mean[column]:.6g}, std {scaler.std[column]:.6g}); standardised it overflows "
+        f"float32. Check the value (a unit or typing error?), or leave the cell empty to mark it missing."
+    )
+
+
+def _check_lookbacks_observed(
+    observed: np.ndarray, borders: dict[str, tuple[int, int]], context_length: int, prediction_length: int, name: str
+) -> None:
+    """Raises when some window's look-back has no observed value in any column.
+
+    The model refuses such a window (it has nothing to forecast from), so a training run would stop at
+    the first batch that holds one; saying so at loading names the rows. A single column with a long
+    gap is fine: the model forecasts that channel from its instance mean.
+    """
+    if observed.all():
+        return
+    any_observed = observed.any(axis=1)
+    for split, (start, end) in borders.items():
+        windows = end - start - context_length - prediction_length + 1
+        if windows <= 0:
+            continue
+        counts = np.concatenate([[0], np.cumsum(any_observed[start:end])])
+        empty = np.flatnonzero(counts[context_length : context_length + windows] - counts[:windows] == 0)
+        if empty.size:
+            first = start + int(empty[0])
+            raise ValueError(
+                f"Series {name!r}: rows {first} to {first + context_length - 1} have no observed value in any "
+                f"column, so the {split} window that looks back over them has nothing to forecast from. Drop or "
+                f"fill those rows (e.g. interpolate), or use a context_length longer than the gap."
+            )
+
+
 def load_splits(
     dataset: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
@@ -853,6 +1236,7 @@ def load_splits(
     target_columns: Sequence[str] | str | None = None,
     split_fractions: Sequence[float] | None = None,
     split_dates: Sequence[Any] | None = None,
+    sort_timestamps: bool = False,
 ) -> SplitData:
     """Load a series, split it by rows, standardise with train statistics, and window it.
 
@@ -864,10 +1248,15 @@ def load_splits(
             ``<project>/../shared/data``).
         context_length: look-back length L (val/test start L rows early).
         prediction_length: horizon H.
-        timestamp_column: None = ``"date"`` if present, False = none, or a column name.
-        target_columns: None = all numeric columns except the timestamp.
+        timestamp_column: None = ``"date"`` if present (else a column named like a time axis, see
+            :func:`load_series`), False = none, or a column name.
+        target_columns: None = all numeric columns except the timestamp (and except none named like
+            a time axis or row index: that is an error, see :func:`load_series`).
         split_fractions: optional (train, val, test) fractions summing to 1.
-        split_dates: optional (train_end, val_end) dates; each split ends before its date.
+        split_dates: optional (train_end, val_end) dates; each split ends before its date (numbers
+            for a numeric time column).
+        sort_timestamps: sort the rows by timestamp instead of refusing rows out of order; windows
+            are consecutive rows, so the timestamps must be unique and increasing either way.
 
     Returns:
         A :class:`SplitData`.
@@ -877,7 +1266,7 @@ def load_splits(
             f"context_length and prediction_length must be >= 1, got {context_length}, {prediction_length}."
         )
     context_length, prediction_length = int(context_length), int(prediction_length)
-    frame, timestamps, name = load_series(dataset, data_dir, timestamp_column, target_columns)
+    frame, timestamps, name = load_series(dataset, data_dir, timestamp_column, target_columns, sort_timestamps)
     n = len(frame)
     protocol = resolve_benchmark_name(name) or name
     sizes = _split_sizes(protocol, n, timestamps, split_fractions, split_dates)
@@ -915,7 +1304,11 @@ def load_splits(
     observed = ~np.isnan(raw)
     scaled = np.asarray(scaler.transform(raw), dtype=np.float64)
     scaled[~observed] = 0.0
-    values = torch.from_numpy(scaled.astype(np.float32))
+    with np.errstate(over="ignore"):  # an overflow to inf is reported by _check_float32
+        scaled32 = scaled.astype(np.float32)
+    _check_float32(scaled32, raw, scaler, columns, name)
+    _check_lookbacks_observed(observed, borders, context_length, prediction_length, name)
+    values = torch.from_numpy(scaled32)
     mask = torch.from_numpy(observed)
 
     splits = {

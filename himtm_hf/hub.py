@@ -11,11 +11,15 @@ A *trained output folder* (written by :mod:`himtm_hf.training`) holds ``config.j
   (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``) are never published;
 * ``config.json`` gets an ``auto_map`` (and the code files are copied from this package) if the folder lacks
   them, so that ``trust_remote_code=True`` loading works without ``himtm-hf`` installed;
+* the staged JSON files (``run_args.json``, ``metrics.json``, ...) carry no path of this machine: absolute paths
+  are made relative to the run folder or cut to their last name (:func:`strip_machine_paths`);
 * the card is rendered from ``model_cards/template.md`` with the run's ``metrics.json`` and ``run_args.json``
   (see :func:`render_model_card`); its metadata carries a ``model-index`` with MSE/MAE per dataset and horizon.
 
-:func:`publish` then either uploads it (``create_repo`` + ``upload_folder``) or, for a dry run, writes it to a
-local folder without touching the network. :func:`populate_hf_cache` lays a folder out as a Hub cache entry
+:func:`publish` validates the repo id with ``huggingface_hub``'s own validator, then either uploads it
+(``create_repo`` + ``upload_folder``) or, for a dry run, writes it to a local folder without touching the network
+(under the rules of :mod:`himtm_hf.output_folders`: an existing folder is replaced only if an earlier dry run
+made it). :func:`populate_hf_cache` lays a folder out as a Hub cache entry
 (``models--org--name/{blobs,refs,snapshots}``), so that ``from_pretrained("org/name")`` works offline (e.g. on an
 air-gapped machine, or in tests).
 """
@@ -25,14 +29,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from .modeling_himtm import AUTO_MAP
+from .output_folders import claim_output_dir
 
 __all__ = [
     "AUTO_CLASS_BY_ARCHITECTURE",
@@ -42,12 +48,14 @@ __all__ = [
     "PublishResult",
     "RunResult",
     "build_model_card_data",
+    "check_repo_id",
     "load_run_results",
     "populate_hf_cache",
     "publish",
     "render_model_card",
     "select_files",
     "stage_upload_folder",
+    "strip_machine_paths",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +116,9 @@ class PublishArguments:
         default=None, metadata={"help": "Where a dry run writes the folder (default: '<output_dir>-hub')."}
     )
     overwrite: bool = field(
-        default=False, metadata={"help": "Allow replacing an existing non-empty --dry_run_dir."}
+        default=False,
+        metadata={"help": "Replace an earlier dry run in --dry_run_dir (the files its .himtm-run.json marker lists; "
+                          "a folder without that marker is never written into)."},
     )
     private: bool = field(default=False, metadata={"help": "Create the repo as private."})
     revision: str | None = field(default=None, metadata={"help": "Branch to upload to (default: main)."})
@@ -416,7 +426,9 @@ def render_model_card(
         results=results,
         datasets=datasets,
         pretrain_dataset=pretrain_dataset,
-        pretrained_from=(local_source.name if local_source is not None else source),
+        # a local folder by its name only: the card must not publish this machine's paths
+        pretrained_from=(local_source.name if local_source is not None
+                         else strip_machine_paths(source, folder) if source else None),
         protocol=_lookup(flat_args, "protocol") or (
             ("linear probing (frozen encoder, CSA-FT head trained)" if linear_probe else "full fine-tuning")
             if source else ("training from scratch (no pre-training)" if architecture == "HiMTMForPrediction"
@@ -541,8 +553,73 @@ def _verify_loads(staged: Path) -> None:
         raise ValueError(f"The weights in {staged} do not match config.json: {problems}")
 
 
+_WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _local_path_text(text: str, root: Path) -> str:
+    """`text` with a machine path made harmless: relative to `root` (the run folder) if it lies inside it, else
+    only its last name. `--flag=/a/b` keeps its flag. Other strings are returned unchanged."""
+    prefix, _, value = text.partition("=") if text.startswith("--") and "=" in text else ("", "", text)
+    if not (value.startswith(("/", "~")) or _WINDOWS_ABSOLUTE.match(value)):
+        return text
+    path = Path(value).expanduser()
+    try:
+        resolved = path.resolve()
+        short = "." if resolved == root else resolved.relative_to(root).as_posix()
+    except (OSError, ValueError, RuntimeError):
+        short = PureWindowsPath(value).name if _WINDOWS_ABSOLUTE.match(value) else path.name
+    return f"{prefix}={short}" if prefix else short
+
+
+def strip_machine_paths(value: Any, root: str | os.PathLike[str]) -> Any:
+    """A copy of a JSON value with every absolute or home-relative path (the Python executable, the data file, the
+    run folders) shortened by `_local_path_text`: an upload must not publish the layout of the machine it came
+    from."""
+    root = Path(root).resolve()
+    if isinstance(value, Mapping):
+        return {k: strip_machine_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_machine_paths(v, root) for v in value]
+    if isinstance(value, str):
+        return _local_path_text(value, root)
+    return value
+
+
+def _strip_staged_paths(staged: Path, source: Path) -> None:
+    """Rewrites the staged JSON files (run_args.json, metrics.json, config.json, ...) without machine paths; files
+    that hold none stay byte for byte as they were."""
+    for path in sorted(staged.rglob("*.json")):
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        cleaned = strip_machine_paths(payload, source)
+        if cleaned != payload:
+            path.write_text(json.dumps(cleaned, indent=2) + "\n", encoding="utf-8")
+
+
+def check_repo_id(repo_id: str | None) -> None:
+    """Refuses a repo id that the Hub would refuse (`huggingface_hub`'s own validator), before anything is written."""
+    if repo_id is None:
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"--repo_id {repo_id!r} is not a valid Hub repo id ('org/name' or 'name'): {error}") from None
+
+
+def _staged_names(source: Path, args: PublishArguments) -> list[str]:
+    """The top-level names a staging of `source` writes (what a dry-run folder's marker lists)."""
+    keep, _ = select_files(source, args.include_checkpoints, args.include_logs, args.include_plots)
+    return sorted({rel.split("/")[0] for rel in keep} | set(CODE_FILES) | {"config.json", "README.md"})
+
+
 def stage_upload_folder(args: PublishArguments, destination: str | os.PathLike[str]) -> PublishResult:
-    """Writes the exact folder that :func:`publish` uploads into ``destination`` (which must be empty)."""
+    """Writes the exact folder that :func:`publish` uploads into ``destination`` (which must be empty): the selected
+    files, the model code, a generated card, and JSON files without the paths of this machine."""
+    check_repo_id(args.repo_id)
     source = Path(args.output_dir)
     config = _check_folder(source)
     dest = Path(destination)
@@ -561,9 +638,11 @@ def stage_upload_folder(args: PublishArguments, destination: str | os.PathLike[s
     card = render_model_card(dest, repo_id=args.repo_id, template_path=args.card_template, license=args.license,
                              dataset_ids=args.dataset_ids, base_model=args.base_model)
     card.save(dest / "README.md")
+    _strip_staged_paths(dest, source)
     if args.verify:
         _verify_loads(dest)
-    sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
+    staged = {*keep, *CODE_FILES, "config.json", "README.md"}  # not whatever else a reused dry-run folder holds
+    sizes = {rel: (dest / rel).stat().st_size for rel in sorted(staged) if (dest / rel).is_file()}
     return PublishResult(folder=dest, files=sorted(sizes), skipped=skipped, notes=notes, dry_run=args.dry_run,
                          repo_id=args.repo_id, sizes=sizes)
 
@@ -574,25 +653,20 @@ def _default_dry_run_dir(output_dir: str) -> Path:
 
 
 def publish(args: PublishArguments) -> PublishResult:
-    """Publishes a trained output folder (see the module docstring); a dry run writes it locally instead."""
+    """Publishes a trained output folder (see the module docstring); a dry run writes it locally instead.
+
+    The repo id is validated first. A dry-run folder follows `himtm_hf.output_folders`: new or empty, or an earlier
+    dry run's (then `--overwrite` removes the files its marker lists, nothing else); never the run folder, inside it
+    or around it, nor a home, root or project folder.
+    """
+    check_repo_id(args.repo_id)
     if args.dry_run:
         dest = Path(args.dry_run_dir) if args.dry_run_dir else _default_dry_run_dir(args.output_dir)
-        source = Path(args.output_dir).resolve()
-        resolved = dest.resolve()
-        if resolved == source or source.is_relative_to(resolved) or resolved.is_relative_to(source):
-            raise ValueError(
-                f"--dry_run_dir {dest} overlaps the output folder {source}; choose a separate folder."
-            )
-        if dest.exists() and not dest.is_dir():
-            raise FileExistsError(f"--dry_run_dir {dest} exists and is not a folder.")
-        if dest.is_dir() and any(dest.iterdir()):
-            if not args.overwrite:
-                raise FileExistsError(
-                    f"--dry_run_dir {dest} exists and is not empty; pass --overwrite to replace it, or choose "
-                    "another folder."
-                )
-            shutil.rmtree(dest)
-        return stage_upload_folder(args, dest)
+        source = Path(args.output_dir)
+        _check_folder(source)  # a bad run folder fails before the dry-run folder is touched
+        with claim_output_dir(dest, kind="hub_upload", written=_staged_names(source, args), overwrite=args.overwrite,
+                              inputs=[("run folder", source)], flag="--dry_run_dir", overwrite_flag="--overwrite"):
+            return stage_upload_folder(args, dest)
 
     if not args.repo_id:
         raise ValueError("--repo_id (e.g. 'my-org/himtm-etth1-96') is required to upload; use --dry_run to stage only.")

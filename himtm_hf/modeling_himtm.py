@@ -18,6 +18,7 @@ This file is self-contained (relative imports only) so that `save_pretrained` ca
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -152,12 +153,23 @@ def _check_values(
     length: int,
     num_channels: int,
     length_name: str,
+    dtype: torch.dtype | None = None,
+    require_observed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validates a `(batch, length, channels)` series and its observed mask; returns float values and mask.
 
-    Non-finite values are allowed only where the observed mask is 0; they are replaced by 0 there. The value checks
-    read tensor contents on the host, so under `torch.compile` (which cannot trace them without a graph break) they
-    are skipped: the shape checks still run, and non-finite values at observed positions then reach the output.
+    Non-finite values are allowed only where the observed mask is 0; they are replaced by 0 there. Integer values
+    become float32. With `dtype` (the model's parameter dtype) floating values of another precision are cast to it,
+    as the weights would otherwise reject them deep inside a matmul: float16/bfloat16 input to a float32 model is
+    widened exactly, float64 input is rounded to float32 (what the model computes in anyway); a value that the cast
+    turns into inf (e.g. 1e5 into a float16 model) is an error. With `require_observed`, a batch row whose mask is 0
+    everywhere (every channel, every step) is an error: the model has nothing to forecast from. A single channel with
+    no observed step is allowed (windows over a long gap in one column of real data), its forecast is the instance
+    mean, i.e. 0; see `HiMTMModel.prepare_patches`.
+
+    The value checks read tensor contents on the host, so under `torch.compile` / `torch.export` (which cannot trace
+    them without a graph break) they are skipped: the shape checks and the cast still run, and non-finite values at
+    observed positions then reach the output.
     """
     if not torch.is_tensor(values):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape (batch, {length}, {num_channels}), got {type(values)}.")
@@ -179,30 +191,70 @@ def _check_values(
             "channel-independent: reload it with `num_input_channels="
             f"{values.shape[2]}` (e.g. from_pretrained(path, num_input_channels={values.shape[2]})) to use this data."
         )
+    check_values = not torch.compiler.is_compiling()
+    if check_values and values.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` is an empty batch (shape {tuple(values.shape)}): there is nothing to run the model on. Pass at "
+            "least one series (batch_size >= 1)."
+        )
     if not values.is_floating_point():
         values = values.float()
-    check_values = not torch.compiler.is_compiling()
-    if observed_mask is None:
-        if check_values and not torch.isfinite(values).all():
-            raise ValueError(
-                f"`{name}` contains NaN or inf values. Pass `{mask_name}` with 0 at missing positions (the model "
-                "then ignores them), or fill them before calling the model."
-            )
-        return values, torch.ones_like(values)
-    if not torch.is_tensor(observed_mask) or observed_mask.shape != values.shape:
+    if observed_mask is not None and (not torch.is_tensor(observed_mask) or observed_mask.shape != values.shape):
         shape = tuple(observed_mask.shape) if torch.is_tensor(observed_mask) else type(observed_mask)
         raise ValueError(
             f"`{mask_name}` must be a tensor with the same shape as `{name}` {tuple(values.shape)}, got {shape}."
         )
-    observed_mask = observed_mask.to(values.dtype)
+    observed = None if observed_mask is None else observed_mask.to(values.dtype)
     finite = torch.isfinite(values)
-    if check_values and not finite[observed_mask.bool()].all():
+    if check_values and observed is None and not finite.all():
+        raise ValueError(
+            f"`{name}` contains NaN or inf values. Pass `{mask_name}` with 0 at missing positions (the model "
+            "then ignores them), or fill them before calling the model."
+        )
+    if check_values and observed is not None and not finite[observed.bool()].all():
         raise ValueError(
             f"`{name}` has NaN or inf values at positions that `{mask_name}` marks as observed; set the mask to 0 "
             "there."
         )
+    if dtype is not None and values.dtype != dtype:
+        values = _cast_values(name, values, finite, dtype, check_values)
+        finite = torch.isfinite(values)
+    if observed is None:
+        return values, torch.ones_like(values)
+    observed = observed.to(values.dtype)
+    if check_values and require_observed:
+        _check_rows_observed(name, mask_name, observed)
     values = torch.where(finite, values, torch.zeros_like(values))
-    return values, observed_mask
+    return values, observed
+
+
+def _cast_values(
+    name: str, values: torch.Tensor, finite: torch.Tensor, dtype: torch.dtype, check_values: bool
+) -> torch.Tensor:
+    """Casts `values` to the model's dtype; a finite value the cast overflows to inf is an error (the model would
+    otherwise treat it as a huge observation and return NaN)."""
+    cast = values.to(dtype)
+    if check_values and (finite & ~torch.isfinite(cast)).any():
+        biggest = values[finite & ~torch.isfinite(cast)].abs().max().item()
+        raise ValueError(
+            f"`{name}` ({values.dtype}) has values up to {biggest:.3g}, beyond the range of the model's dtype "
+            f"{dtype} ({torch.finfo(dtype).max:.3g}). Standardise the data first, or run the model in a wider dtype "
+            "(model.float())."
+        )
+    return cast
+
+
+def _check_rows_observed(name: str, mask_name: str, observed: torch.Tensor) -> None:
+    """Raises when a batch row has no observed value at all. Per row, not per channel: see `_check_values`."""
+    empty = ~observed.flatten(1).bool().any(dim=1)
+    if empty.any():
+        rows = torch.nonzero(empty).flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"`{mask_name}` is 0 everywhere in batch row(s) {shown}: those look-back windows have no observed value "
+            f"in any channel, so the model has nothing to forecast from (it would return its bias). Drop those rows "
+            f"from the batch, or pass a `{name}` window that contains observations."
+        )
 
 
 def _output_flags(
@@ -246,7 +298,35 @@ class HiMTMScaler(nn.Module):
             scale = ((values.abs() * observed_mask).sum(dim=1, keepdim=True) / count).clamp_min(self.minimum_scale)
         # Unobserved steps become 0 = the instance mean after scaling, so they carry no signal.
         scaled = (values - loc) / scale * observed_mask
+        if not torch.compiler.is_compiling():  # a host read: skipped under torch.compile / torch.export
+            _check_statistics(values, observed_mask, loc, scale, scaled)
         return scaled, loc, scale
+
+
+def _check_statistics(
+    values: torch.Tensor, observed_mask: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, scaled: torch.Tensor
+) -> None:
+    """Raises when the per-instance statistics or the scaled values overflow the model's dtype.
+
+    In float32 the squared deviations overflow once a series spreads over ~1e19, and the scale becomes inf; the
+    forecast would then be NaN or inf with no error. Finite inputs whose statistics are finite pass untouched, so this
+    changes nothing for inputs that worked before.
+    """
+    bad = ~(torch.isfinite(loc) & torch.isfinite(scale)).squeeze(1)  # (batch, channels)
+    bad = bad | ~torch.isfinite(scaled).all(dim=1)
+    if not bad.any():
+        return
+    row, channel = (int(i) for i in torch.nonzero(bad)[0])
+    observed = values[row, :, channel][observed_mask[row, :, channel].bool()]
+    biggest = observed.abs().max().item() if observed.numel() else float("nan")
+    raise ValueError(
+        f"`past_values` is too large for the model's {values.dtype} arithmetic: the per-instance scaling statistics "
+        f"of batch row {row}, channel {channel} (observed values up to {biggest:.3g}) overflow to inf "
+        f"({int(bad.sum())} series affected): squared deviations above {torch.finfo(values.dtype).max:.3g} do not fit, "
+        f"so values beyond ~{torch.finfo(values.dtype).max ** 0.5 / 10:.0g} in magnitude cannot be scaled. Standardise "
+        "the data (as training does, with the train split's mean and std) or divide it by a constant before calling "
+        "the model."
+    )
 
 
 def patchify(values: torch.Tensor, num_patches: int, patch_length: int) -> torch.Tensor:
@@ -536,6 +616,90 @@ AUTO_MAP = {
 }
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _looks_local(text: str) -> bool:
+    """True when `text` can only be a filesystem path, never a Hub repo id (`name` or `namespace/name`, whose parts
+    cannot start with '.'): it starts with '.', '/', '~' or '\\', has a drive letter, contains the OS's own separator
+    where that is not '/', or has more than one '/'."""
+    return (
+        text.startswith((".", "/", "~", "\\"))
+        or (len(text) > 1 and text[1] == ":")
+        or (os.sep != "/" and os.sep in text)
+        or text.count("/") > 1
+    )
+
+
+def _folder_hint(path: str) -> str:
+    """Names the deepest existing folder above `path` and some of what it holds, to point at a typo."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return ""
+    entries = sorted(name for name in os.listdir(parent) if not name.startswith("."))
+    shown = ", ".join(entries[:12]) + (", ..." if len(entries) > 12 else "") if entries else "nothing"
+    return f" The nearest existing folder, {parent}, holds: {shown}."
+
+
+def _local_location(name_or_path):
+    """The location to load from: `~` expanded when that names an existing path; raises `FileNotFoundError` for a
+    path that can only be local and does not exist."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return name_or_path
+    text = os.fspath(name_or_path)
+    expanded = os.path.expanduser(text)
+    if os.path.exists(expanded):
+        return expanded if text.startswith("~") else name_or_path
+    if _looks_local(text):
+        raise FileNotFoundError(
+            f"No such folder: {text} ({os.path.abspath(expanded)} does not exist), so there is no model to load. Pass "
+            f"the folder that holds config.json and model.safetensors (the output folder of a run), or a Hub repo id "
+            f"('namespace/name').{_folder_hint(expanded)}"
+        )
+    return name_or_path
+
+
+def _is_weights_read_error(error: BaseException) -> bool:
+    """True for the errors safetensors and torch.load raise on a truncated or corrupt weights file."""
+    kind = type(error)
+    if "safetensor" in kind.__name__.lower() or "safetensors" in (kind.__module__ or ""):
+        return True
+    if isinstance(error, EOFError) or kind.__name__ == "UnpicklingError":
+        return True
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("PytorchStreamReader", "invalid load key", "failed finding central directory")
+    )
+
+
+def _raise_load_error(error: BaseException, location, subfolder: str) -> None:
+    """Re-raises a failed `from_pretrained` with the file or folder named; returns (the caller re-raises `error`
+    unchanged) when it has nothing to add."""
+    if not isinstance(location, (str, os.PathLike)):
+        return
+    text = os.fspath(location)
+    folder = os.path.join(text, subfolder) if subfolder else text
+    if _is_weights_read_error(error):
+        if os.path.isdir(folder):
+            files = [os.path.join(folder, f) for f in _WEIGHT_FILES if os.path.isfile(os.path.join(folder, f))]
+            where = " / ".join(files) or f"the weights file in {folder}"
+        else:
+            where = f"the cached weights file of the Hub repo {text!r}"
+        raise OSError(
+            f"Could not read {where}: {type(error).__name__}: {error}. The file is truncated or corrupt (e.g. an "
+            f"interrupted save, copy or download). Save the model again, or download it again with "
+            f"from_pretrained(..., force_download=True)."
+        ) from error
+    if isinstance(error, OSError) and not os.path.isdir(folder) and "/" in text:
+        first = text.split("/", 1)[0]
+        if os.path.isdir(first):  # e.g. "outputs/etth1-96" with a typo: "outputs" is a local folder
+            raise FileNotFoundError(
+                f"No such folder: {text} ({os.path.abspath(text)} does not exist), and no Hub repo of that name could "
+                f"be loaded ({type(error).__name__}: {error}).{_folder_hint(text)}"
+            ) from error
+
+
 class HiMTMPreTrainedModel(PreTrainedModel):
     config_class = HiMTMConfig
     config: HiMTMConfig
@@ -574,7 +738,15 @@ class HiMTMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        """`PreTrainedModel.from_pretrained` with errors that name what is wrong: a local path that does not exist says
+        "no such folder" (transformers would call it an invalid Hub repo id), a `~/...` path is expanded, and an
+        unreadable weights file (truncated or corrupt `model.safetensors`) is named in the error."""
+        location = _local_location(pretrained_model_name_or_path)
+        try:
+            model = super().from_pretrained(location, *args, **kwargs)
+        except Exception as error:
+            _raise_load_error(error, location, kwargs.get("subfolder") or "")
+            raise
         (model[0] if isinstance(model, tuple) else model)._freeze_fixed_parameters()
         return model
 
@@ -599,6 +771,13 @@ class HiMTMModel(HiMTMPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Validates, scales and patches the look-back window.
 
+        Floating inputs of another precision are cast to the model's dtype (float16/bfloat16/float64 into a float32
+        model); an empty batch, a batch row whose `past_observed_mask` is 0 everywhere, and values whose
+        per-instance statistics overflow the model's dtype raise a `ValueError` (see `_check_values` and
+        `_check_statistics`). A single channel without observed steps is accepted: windows over a long gap in one
+        column occur in training data, and its forecast is the instance mean (loc = 0, i.e. the data's mean after
+        standardisation).
+
         Returns:
             patches `(batch * channels, num_patches, patch_length)` in scaled space, the observed mask cut the same
             way, `loc` and `scale` of shape `(batch, 1, channels)`.
@@ -607,6 +786,7 @@ class HiMTMModel(HiMTMPreTrainedModel):
         values, observed = _check_values(
             "past_values", past_values, past_observed_mask, "past_observed_mask",
             config.context_length, config.num_input_channels, "context_length",
+            dtype=self.dtype, require_observed=True,
         )
         scaled, loc, scale = self.scaler(values, observed)
         patches = patchify(scaled, config.num_patches, config.patch_length)

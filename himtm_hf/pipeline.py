@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from .data import SeriesScaler
-from .modeling_himtm import HiMTMForPrediction
+from .modeling_himtm import HiMTMForPrediction, _local_location
 
 __all__ = ["HiMTMForecastPipeline", "TimeAxis", "infer_time_axis"]
 
@@ -185,6 +185,8 @@ class HiMTMForecastPipeline:
         Extra keyword arguments go to ``HiMTMForPrediction.from_pretrained`` (e.g. ``revision``, ``cache_dir``,
         ``token``, which are also used to fetch ``scaler.json`` from the Hub). ``scaler`` overrides the saved one.
         """
+        # A path that can only be local and does not exist is named as such, not reported as a bad Hub repo id.
+        model_name_or_path = _local_location(model_name_or_path)
         path = Path(model_name_or_path)
         if scaler is None:
             if path.is_dir():

@@ -2,7 +2,11 @@
 """Evaluate a saved forecasting model on a dataset's test split (every window) and print/write the metrics.
 
     python scripts/evaluate.py --model_dir outputs/etth1-96 --dataset ETTh1 [--prediction_length 96]
-        [--output_dir DIR (default: <model_dir>/eval-<dataset>)] [--overwrite_output_dir]
+        [--context_length 512] [--output_dir DIR (default: <model_dir>-eval-<dataset>)] [--overwrite_output_dir]
+
+The model's own context and prediction length are used (`--context_length` / `--prediction_length`, if given, must
+match them). The output folder is never the model or data folder, nor inside them; an existing one is replaced only
+with `--overwrite_output_dir`, and only if an earlier evaluation wrote it (an evaluation has nothing to resume).
 """
 
 from __future__ import annotations

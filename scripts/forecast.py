@@ -8,11 +8,19 @@ was trained on (``scaler.json``). Writes the forecast CSV (future timestamps + o
 units) and a PNG plot of the recent history and the forecast (``--plot``, default: the output path with ``.png``).
 ``--model`` may also be a Hub repo id. Horizons beyond the model's ``prediction_length`` are rolled out
 autoregressively (errors compound).
+
+An existing output (CSV or plot) is replaced only with ``--overwrite``; the input CSV, a file inside the model folder
+or the other output is never written over. Both outputs are checked before the model is loaded, and each is written
+to a temporary file that is renamed into place, so a failure leaves no half-written file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +29,7 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from himtm_hf.output_folders import UnsafeOutputError, check_output_file  # noqa: E402
 from himtm_hf.pipeline import HiMTMForecastPipeline  # noqa: E402
 
 
@@ -32,6 +41,9 @@ class ForecastArguments:
     output: str | None = field(default=None, metadata={"help": "Output CSV (default: '<csv stem>_forecast.csv')."})
     plot: str | None = field(default=None, metadata={"help": "Output PNG (default: the output path with .png)."})
     no_plot: bool = field(default=False, metadata={"help": "Do not write the plot."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an existing output CSV / plot (never the input CSV)."}
+    )
     timestamp_column: str = field(default="date", metadata={"help": "Name of the timestamp column."})
     plot_history: int = field(default=336, metadata={"help": "History rows shown in the plot."})
     max_plot_columns: int = field(default=8, metadata={"help": "Plot at most this many series (one panel each)."})
@@ -69,25 +81,57 @@ def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, timestamp_colum
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with _replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+@contextlib.contextmanager
+def _replaced_atomically(path: Path) -> Iterator[Path]:
+    """Yields a temporary path next to ``path`` and renames it over ``path`` on success (removes it on failure), so
+    that ``path`` is never left half-written."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the output private
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_outputs(args: ForecastArguments) -> tuple[Path, Path | None]:
+    """The output CSV and plot paths, checked before anything is computed or written (``himtm_hf.output_folders``):
+    never the input CSV or a file inside the model folder, never each other, an existing one only with
+    ``--overwrite``."""
+    stem = Path(args.csv).name.removesuffix(".gz").removesuffix(".csv")
+    inputs = [("input CSV", args.csv), ("model folder", args.model)]
+    output = check_output_file(args.output or f"{stem}_forecast.csv", inputs, args.overwrite, "--output")
+    if args.no_plot:
+        return output, None
+    plot = check_output_file(args.plot or output.with_suffix(".png"), inputs, args.overwrite, "--plot")
+    if plot.resolve() == output.resolve():
+        raise UnsafeOutputError(f"--plot {plot} is the same file as --output; give the plot another name.")
+    return output, plot
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = HfArgumentParser(ForecastArguments)
     (args,) = parser.parse_args_into_dataclasses(args=_positional_csv(list(sys.argv[1:] if argv is None else argv)))
+    output, plot = check_outputs(args)
     history = pd.read_csv(args.csv)
     pipe = HiMTMForecastPipeline.from_pretrained(args.model, device=args.device)
     forecast = pipe(history, timestamp_column=args.timestamp_column, horizon=args.horizon)
-    stem = Path(args.csv).name.removesuffix(".gz").removesuffix(".csv")
-    output = Path(args.output) if args.output else Path(f"{stem}_forecast.csv")
     output.parent.mkdir(parents=True, exist_ok=True)
-    forecast.to_csv(output, index=False)
+    with _replaced_atomically(output) as tmp:
+        forecast.to_csv(tmp, index=False)
     print(f"Wrote {len(forecast)} forecast rows to {output}")
-    if not args.no_plot:
-        plot = plot_forecast(history, forecast, args.timestamp_column, args.plot or output.with_suffix(".png"),
-                             args.plot_history, args.max_plot_columns)
+    if plot is not None:
+        plot_forecast(history, forecast, args.timestamp_column, plot, args.plot_history, args.max_plot_columns)
         print(f"Wrote the plot to {plot}")
     return forecast
 

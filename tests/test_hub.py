@@ -150,7 +150,9 @@ def _run_child(code: str, tmp: Path, block_himtm: bool) -> subprocess.CompletedP
 
 
 def test_dry_run_writes_exactly_the_published_files(run_dir, published):
-    files = sorted(p.relative_to(published).as_posix() for p in published.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(published).as_posix() for p in published.rglob("*")
+                   if p.is_file() and p.name != ".himtm-run.json")
+    assert (published / ".himtm-run.json").is_file()  # the dry-run folder's marker (never uploaded: a dotfile)
     assert files == sorted([
         "README.md", "config.json", "model.safetensors", "configuration_himtm.py", "modeling_himtm.py",
         "scaler.json", "metrics.json", "run_args.json", "forecast_plot.png",
@@ -180,10 +182,23 @@ def test_dry_run_never_overwrites_without_flag(run_dir, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         publish(args)
     assert (dest / "keep.txt").read_text() == "mine"
+    # a folder an earlier dry run did not make is never cleaned, not even with --overwrite
+    args.overwrite = True
+    with pytest.raises(FileExistsError, match="carries no .himtm-run.json marker"):
+        publish(args)
+    assert sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
+    # an earlier dry run's folder is replaced with --overwrite (its own files only)
+    staged = tmp_path / "staged"
+    args.dry_run_dir, args.overwrite = str(staged), False
+    publish(args)
+    (staged / "README.md").write_text("stale card")
+    (staged / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        publish(args)
     args.overwrite = True
     result = publish(args)
-    assert not (dest / "keep.txt").exists() and (dest / "README.md").is_file()
-    assert result.files == sorted(result.files) and "README.md" in result.files
+    assert (staged / "README.md").read_text() != "stale card" and (staged / "keep.txt").read_text() == "mine"
+    assert result.files == sorted(result.files) and "README.md" in result.files and "keep.txt" not in result.files
     # a dry-run folder inside (or equal to) the run folder is refused even with --overwrite
     with pytest.raises(ValueError, match="overlaps"):
         publish(PublishArguments(output_dir=str(run_dir), dry_run=True, dry_run_dir=str(run_dir), overwrite=True))

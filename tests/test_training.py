@@ -263,10 +263,20 @@ def test_output_dir_and_bad_dataset_errors(tmp_path):
                  max_eval_windows=16, disable_tqdm=True, use_cpu=True)
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         pretrain(*args, PretrainArguments(**train))
+    # Without the package's marker nothing in the folder can be told from the user's: even --overwrite_output_dir
+    # is refused, and nothing is touched.
+    with pytest.raises(FileExistsError, match="carries no .himtm-run.json marker"):
+        pretrain(*args, PretrainArguments(**train, overwrite_output_dir=True))
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "notes.txt"]
     assert (out / "log.jsonl").read_text() == '{"step": 99}\n'  # untouched
+    run = tmp_path / "marked"
+    train["output_dir"] = str(run)
+    pretrain(*args, PretrainArguments(**train))
+    first_log = read_log(run / "log.jsonl")
+    (run / "notes.txt").write_text("keep me")
     pretrain(*args, PretrainArguments(**train, overwrite_output_dir=True))
-    assert (out / "notes.txt").read_text() == "keep me"  # only the run's own files are replaced
-    assert all(r["step"] <= 2 for r in read_log(out / "log.jsonl"))
+    assert (run / "notes.txt").read_text() == "keep me"  # only the run's own files are replaced
+    assert len(read_log(run / "log.jsonl")) == len(first_log)  # the old log was removed, not appended to
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         pretrain(*args, PretrainArguments(**train, resume_from_checkpoint="latest"))
     fresh = tmp_path / "fresh"

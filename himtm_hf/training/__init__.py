@@ -6,6 +6,7 @@ Public API::
         ModelArguments, DataArguments, TrainArguments, PretrainArguments, FinetuneArguments,
         EvaluateArguments, MainJobArguments, parse_args,
         pretrain, finetune, evaluate_model, run_main_job,          # whole runs (write a run folder)
+        claim_run_dir, prepare_output_dir,                         # the run-folder rule (himtm_hf.output_folders)
         train_model, train_head_then_model, set_encoder_frozen,    # building blocks (e.g. for PatchTST)
         predict, forecast_metrics, make_accelerator,
     )
@@ -27,11 +28,13 @@ from .arguments import (
 from .loop import (
     CHECKPOINTS_DIR,
     LAYOUT_FILES,
+    RUN_LAYOUT,
     EpochShuffleSampler,
     JsonlLogger,
     TrainerState,
     TrainResult,
     cap_windows,
+    claim_run_dir,
     find_checkpoint,
     iterate_forecasts,
     make_accelerator,
@@ -49,6 +52,7 @@ from .loop import (
 )
 from .runs import (
     build_config,
+    default_evaluation_dir,
     evaluate_model,
     finetune,
     forecast_metrics,
@@ -62,6 +66,7 @@ from .runs import (
 __all__ = [
     "CHECKPOINTS_DIR",
     "LAYOUT_FILES",
+    "RUN_LAYOUT",
     "DataArguments",
     "EpochShuffleSampler",
     "EvaluateArguments",
@@ -75,6 +80,8 @@ __all__ = [
     "TrainerState",
     "build_config",
     "cap_windows",
+    "claim_run_dir",
+    "default_evaluation_dir",
     "evaluate_model",
     "find_checkpoint",
     "finetune",

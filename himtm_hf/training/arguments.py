@@ -225,6 +225,11 @@ class DataArguments:
     split_dates: str | None = field(
         default=None, metadata={"help": "train_end,val_end dates (instead of fractions)."}
     )
+    sort_timestamps: bool = field(
+        default=False,
+        metadata={"help": "Sort the rows by timestamp instead of refusing rows out of order (duplicated timestamps "
+                          "are refused either way)."},
+    )
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `himtm_hf.data.load_splits`."""
@@ -243,6 +248,7 @@ class DataArguments:
             "target_columns": _as_str_list(self.target_columns, "target_columns"),
             "split_fractions": None if fractions is None else [float(f) for f in fractions],
             "split_dates": _as_str_list(self.split_dates, "split_dates"),
+            "sort_timestamps": bool(self.sort_timestamps),
         }
 
     def load(self):
@@ -263,7 +269,9 @@ class TrainArguments:
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Run folder (model, logs, metrics, checkpoints)."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow writing into an existing non-empty output_dir (its run files are removed)."}
+        default=False,
+        metadata={"help": "Replace an earlier run in output_dir: removes the files its .himtm-run.json marker lists, "
+                          "nothing else (a non-empty folder without that marker is never written into)."},
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training windows per process and micro-step."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation windows per process and batch."})
@@ -304,7 +312,11 @@ class TrainArguments:
     )
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "Checkpoint folder to resume from, or 'latest' (in output_dir/checkpoints)."}
+        default=None,
+        metadata={"help": "Checkpoint folder to resume from, or 'latest' (the newest complete one in "
+                          "output_dir/checkpoints). Weights and loop state are read from safetensors/JSON and the "
+                          "optimizer/RNG files with torch.load(weights_only=True); still, resume only from checkpoints "
+                          "you wrote or trust."},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the weights, data order, masks and dropout."})
     mixed_precision: str = field(
@@ -436,10 +448,18 @@ class EvaluateArguments:
     prediction_length: int | None = field(
         default=None, metadata={"help": "Expected horizon; must equal the model's prediction_length if given."}
     )
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Where metrics.json goes (default: <model_dir>/eval-<dataset>)."}
+    context_length: int | None = field(
+        default=None,
+        metadata={"help": "Expected look-back; must equal the model's context_length if given (an evaluation always "
+                          "uses the model's own)."},
     )
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow a non-empty output_dir."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where metrics.json goes (default: <model_dir>-eval-<dataset>, next to the model folder)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace an earlier evaluation in output_dir (the files its marker lists)."}
+    )
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Windows per process and batch."})
     max_test_windows: int | None = field(default=None, metadata={"help": "Cap the test windows (default: all)."})
     max_eval_windows: int | None = field(default=None, metadata={"help": "Cap the validation windows (default: all)."})
@@ -447,6 +467,7 @@ class EvaluateArguments:
     target_columns: str | None = field(default=None, metadata={"help": "See DataArguments."})
     split_fractions: str | None = field(default=None, metadata={"help": "See DataArguments."})
     split_dates: str | None = field(default=None, metadata={"help": "See DataArguments."})
+    sort_timestamps: bool = field(default=False, metadata={"help": "See DataArguments."})
     mixed_precision: str = field(default="auto", metadata={"help": "auto, no, bf16 or fp16."})
     use_cpu: bool = field(default=False, metadata={"help": "Run on CPU even if a GPU is available."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
@@ -461,7 +482,9 @@ class MainJobArguments:
     """Arguments of `scripts/main_job.py`: pre-train -> fine-tune -> evaluate, small enough for a 2-core CPU."""
 
     output_dir: str = field(default="outputs/main_job", metadata={"help": "Folder of the whole job."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow a non-empty output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace an earlier main job in output_dir (the files its marker lists)."}
+    )
     dataset: str = field(default="ETTh1", metadata={"help": "Dataset (see DataArguments.dataset)."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the benchmark files."})
     context_length: int = field(default=512, metadata={"help": "Look-back window L."})

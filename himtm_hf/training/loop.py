@@ -22,11 +22,12 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
+from ..output_folders import claim_output_dir, fsync_dir, fsync_tree, write_json_atomic
 from .arguments import TrainArguments, check_head_only_epochs
 
 __all__ = [
     "CHECKPOINTS_DIR",
     "LAYOUT_FILES",
+    "RUN_KIND",
+    "RUN_LAYOUT",
     "EpochShuffleSampler",
     "JsonlLogger",
     "TrainResult",
     "TrainerState",
     "cap_windows",
+    "claim_run_dir",
     "find_checkpoint",
     "iterate_forecasts",
     "make_accelerator",
@@ -89,8 +94,18 @@ LAYOUT_FILES = (
     PLOT_FILE,
     CHECKPOINTS_DIR,
 )
-"""Names a run writes in its output folder; `--overwrite_output_dir` removes exactly these and `HEAD_ONLY_DIR` (which
-only `--head_only_epochs` runs write), nothing else."""
+"""Names a run writes in its output folder."""
+RUN_LAYOUT = (*LAYOUT_FILES, HEAD_ONLY_DIR)
+"""What a run folder's marker lists: `--overwrite_output_dir` removes exactly these (`HEAD_ONLY_DIR` only
+`--head_only_epochs` runs write), nothing else."""
+RUN_KIND = "run"
+"""The marker kind of training run folders (pre-training, fine-tuning, `train_model`)."""
+
+# Checkpoint files besides accelerate's (model.safetensors, optimizer.bin, random_states_N.pkl).
+CHECKPOINT_COMPLETE = "checkpoint.json"  # written last: a checkpoint without it is incomplete
+TRAINER_STATE_FILE = "trainer_state.json"
+SCHEDULER_FILE = "scheduler.json"
+BEST_WEIGHTS_FILE = "best_model.safetensors"
 
 _EVAL_STREAM = 1 << 40  # offset that separates the evaluation seeds from the training-step seeds
 
@@ -292,61 +307,71 @@ def _batch_size(batch: dict[str, torch.Tensor]) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def claim_run_dir(
+    output_dir: str | os.PathLike[str],
+    overwrite_output_dir: bool = False,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+    inputs: Sequence[tuple[str, str | os.PathLike[str] | None]] = (),
+) -> contextlib.AbstractContextManager[Path]:
+    """The run folder of a training run, held (locked) for a `with` block: see `himtm_hf.output_folders`.
+
+    A new or empty folder, or one carrying the marker of an earlier run; `overwrite_output_dir` removes the names
+    that marker lists (`RUN_LAYOUT`), nothing else; `resume` continues the run in it. `inputs` (`(role, path)`: the
+    data, a pre-training) may not be, contain or hold the folder. Call it on every process.
+    """
+    return claim_output_dir(
+        output_dir, kind=RUN_KIND, written=RUN_LAYOUT, overwrite=overwrite_output_dir, resume=resume, inputs=inputs,
+        accelerator=accelerator, resume_flag="--resume_from_checkpoint latest",
+    )
+
+
 def prepare_output_dir(
     output_dir: str | os.PathLike[str],
     overwrite_output_dir: bool = False,
     resume: bool = False,
     accelerator: Accelerator | None = None,
+    inputs: Sequence[tuple[str, str | os.PathLike[str] | None]] = (),
 ) -> Path:
-    """Checks and creates the run folder; call it on every process before anything writes there.
-
-    A non-empty folder is refused unless `overwrite_output_dir` (then the run files named in `LAYOUT_FILES` are
-    removed, nothing else) or `resume` (continue the run in it).
+    """Checks and prepares a run folder as [`claim_run_dir`] does, without keeping it locked (for callers that write
+    it on their own); call it on every process before anything writes there.
 
     Raises:
-        FileExistsError: the folder exists, is not empty, and neither flag was given.
+        FileExistsError: the folder is not empty and carries no marker, or `overwrite_output_dir`/`resume` is missing.
+        UnsafeOutputError: it overlaps an input, or is the home, root, current or a project folder without marker.
+        OutputFolderLockedError: a live run holds it.
     """
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"Output path {path} exists and is not a folder; choose another --output_dir.")
-    non_empty = path.is_dir() and any(path.iterdir())
-    if resume:
-        if not path.is_dir():
-            raise FileNotFoundError(f"Cannot resume: output directory {path} does not exist.")
-    elif non_empty and not overwrite_output_dir:
-        raise FileExistsError(
-            f"Output directory {path} already exists and is not empty. Pass --overwrite_output_dir to overwrite it "
-            "(its run files and checkpoints are deleted), --resume_from_checkpoint latest to continue the run in it, "
-            "or choose another --output_dir."
-        )
-    if accelerator is not None:
-        accelerator.wait_for_everyone()  # every process has checked before the main one changes anything
-    if accelerator is None or accelerator.is_main_process:
-        if non_empty and overwrite_output_dir and not resume:
-            for name in (*LAYOUT_FILES, HEAD_ONLY_DIR):
-                target = path / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    return path
+    with claim_run_dir(output_dir, overwrite_output_dir, resume, accelerator, inputs) as path:
+        return path
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / CHECKPOINT_COMPLETE).is_file()
 
 
 def find_checkpoint(output_dir: str | os.PathLike[str], value: str) -> Path:
-    """Resolves `--resume_from_checkpoint`: `"latest"` (highest `checkpoints/step-N`), a path, or a checkpoint name."""
+    """Resolves `--resume_from_checkpoint`: `"latest"` (highest complete `checkpoints/step-N`), a path, or a
+    checkpoint name. Only complete checkpoints (with `checkpoint.json`, written last before the rename that
+    publishes the folder) are accepted: an interrupted save is never resumed from."""
     root = Path(output_dir) / CHECKPOINTS_DIR
     if value == "latest":
-        candidates = [p for p in root.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
+        steps = [p for p in root.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
+        candidates = [p for p in steps if _is_complete_checkpoint(p)]
         if not candidates:
+            skipped = f" ({len(steps)} incomplete one(s) skipped)" if steps else ""
             raise FileNotFoundError(
-                f"--resume_from_checkpoint latest: no checkpoint in {root} (save them with --save_steps N)."
+                f"--resume_from_checkpoint latest: no complete checkpoint in {root}{skipped} (save them with "
+                "--save_steps N)."
             )
         return max(candidates, key=lambda p: int(p.name.split("-")[1]))
     for candidate in (Path(value), root / value):
         if candidate.is_dir():
+            if not _is_complete_checkpoint(candidate):
+                raise FileNotFoundError(
+                    f"Checkpoint {candidate} has no {CHECKPOINT_COMPLETE}: its save was interrupted, or an older "
+                    "version of himtm-hf wrote it. Resume from another checkpoint (--resume_from_checkpoint latest "
+                    "picks the newest complete one)."
+                )
             return candidate
     raise FileNotFoundError(f"Checkpoint {value!r} not found (looked at {Path(value)} and {root / value}).")
 
@@ -432,7 +457,8 @@ class JsonlLogger:
 
 @dataclass
 class TrainerState:
-    """Loop state saved in every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+    """Loop state saved in every checkpoint: `trainer_state.json` (the numbers) and `best_model.safetensors` (the
+    best weights so far); nothing of it is pickled."""
 
     global_step: int = 0
     best_val_loss: float | None = None
@@ -463,6 +489,24 @@ class TrainerState:
         state = {"metric_for_best_model": "loss", **state}
         for key, value in state.items():
             setattr(self, key, value)
+
+    def save(self, folder: Path) -> None:
+        """Writes `trainer_state.json` and, if there are best weights, `best_model.safetensors` into `folder`."""
+        from safetensors.torch import save_file
+
+        numbers = {k: v for k, v in self.state_dict().items() if k != "best_state"}
+        (folder / TRAINER_STATE_FILE).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+        if self.best_state is not None:
+            save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(folder / BEST_WEIGHTS_FILE))
+
+    def load(self, folder: Path) -> None:
+        """Reads what [`save`] wrote (JSON and safetensors: loading runs no code from the checkpoint)."""
+        from safetensors.torch import load_file
+
+        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        best = folder / BEST_WEIGHTS_FILE
+        state["best_state"] = load_file(str(best)) if best.is_file() else None
+        self.load_state_dict(state)
 
 
 @dataclass
@@ -598,6 +642,57 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def save_checkpoint_atomically(
+    accelerator: Accelerator, root: Path, step: int, scheduler: Any, state: TrainerState
+) -> Path:
+    """Saves `checkpoints/step-N` so that it exists only complete: everything is written into
+    `checkpoints/.tmp-step-N` (accelerate's model safetensors, optimizer and RNG states; the scheduler and the loop
+    state as JSON, the best weights as safetensors), flushed to disk, `checkpoint.json` written last, and the folder
+    renamed. A kill at any point leaves the previous checkpoints as they were and at most a `.tmp-*` folder, which
+    `--resume_from_checkpoint latest` ignores and the next save removes."""
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for leftover in root.glob(".tmp-*"):  # of this save, or of one a kill interrupted
+            shutil.rmtree(leftover, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process (its RNG state); the model and optimizer on the main one
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), indent=2) + "\n", encoding="utf-8")
+        state.save(tmp)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        fsync_tree(tmp)
+        write_json_atomic(tmp / CHECKPOINT_COMPLETE, {"step": int(step), "files": files, "format": 1})
+        if final.exists():  # a step saved again (a resumed run): the old one goes first; a kill here loses neither
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)  # the rename itself reaches the disk
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, scheduler: Any, state: TrainerState) -> None:
+    """Restores a checkpoint written by [`save_checkpoint_atomically`] without running code from it: model weights
+    from safetensors, the scheduler and loop state from JSON, the best weights from safetensors, and the optimizer
+    and RNG states (accelerate's `torch.save` files) with `torch.load(weights_only=True)`, which reads tensors and
+    plain containers only. Checkpoints should still come from a trusted source: weights can be wrong on purpose."""
+    missing = [name for name in (SCHEDULER_FILE, TRAINER_STATE_FILE) if not (checkpoint / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"Checkpoint {checkpoint} lacks {', '.join(missing)}; it was not written by this "
+                                "version of himtm-hf. Resume from another checkpoint or start a new run.")
+    try:
+        accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"Checkpoint {checkpoint} holds a file with objects other than tensors and plain values; it was refused "
+            "rather than unpickled (that could run code). Resume only from checkpoints you wrote or trust."
+        ) from error
+    scheduler.load_state_dict(json.loads((checkpoint / SCHEDULER_FILE).read_text(encoding="utf-8")))
+    state.load(checkpoint)
+
+
 def train_model(
     model: PreTrainedModel,
     train_dataset: Dataset,
@@ -627,22 +722,38 @@ def train_model(
         is_pretraining: self-supervised (validation losses = the model's `loss` and its parts, e.g.
             `reconstruction_loss`) instead of forecasting (validation `loss` = standardised MSE of
             `prediction_outputs`).
-        prepare_output: check/create the output folder here ([`prepare_output_dir`]); pass False if done already.
+        prepare_output: check, create and hold (lock) the output folder for the run ([`claim_run_dir`]); pass False
+            if the caller holds it already.
         collate_fn: DataLoader collate function (default: torch's default collate).
 
     Returns:
         [`TrainResult`]; `result.model` is unwrapped and holds the best validation weights.
     """
-    start_time = time.time()
     accelerator = accelerator or make_accelerator(train_args)
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError(
             "Pass an Accelerator with gradient_accumulation_steps=1; use train_args.gradient_accumulation_steps."
         )
+    if not prepare_output:
+        return _train(model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn)
+    resume = bool(train_args.resume_from_checkpoint)
+    with claim_run_dir(train_args.output_dir, train_args.overwrite_output_dir, resume, accelerator):
+        return _train(model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn)
+
+
+def _train(
+    model: PreTrainedModel,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    train_args: TrainArguments,
+    accelerator: Accelerator,
+    is_pretraining: bool,
+    collate_fn: Callable[[list[Any]], Any] | None,
+) -> TrainResult:
+    """The loop of [`train_model`], in a run folder that is already prepared (and held)."""
+    start_time = time.time()
     output_dir = Path(train_args.output_dir)
     resume = train_args.resume_from_checkpoint
-    if prepare_output:
-        prepare_output_dir(output_dir, train_args.overwrite_output_dir, bool(resume), accelerator)
     checkpoint = find_checkpoint(output_dir, resume) if resume else None
 
     seed = int(train_args.seed)
@@ -693,8 +804,6 @@ def train_model(
     if val_subset is not None:  # a typo fails here, not after the first epoch
         _check_metric_for_best_model(metric, _validation_loss_names(is_pretraining), unwrapped)
     state = TrainerState(metric_for_best_model=metric)
-    registered = [scheduler, state]
-    accelerator.register_for_checkpointing(*registered)
 
     keys = _forward_keys(unwrapped, is_pretraining)
     draws = mask_draws_per_sample(unwrapped) if is_pretraining else None
@@ -705,7 +814,7 @@ def train_model(
     if checkpoint is None:
         run_logger.lines = count_log_lines(output_dir)
     else:
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint, scheduler, state)
         if state.metric_for_best_model != metric:
             # The best value saved so far is of the other metric: comparing the two would pick the wrong weights.
             raise ValueError(
@@ -754,9 +863,8 @@ def train_model(
             progress.set_postfix({"val_" + metric: f"{val_loss:.4f}"})
 
     def save_checkpoint() -> None:
-        path = output_dir / CHECKPOINTS_DIR / f"step-{step}"
         state.log_lines = run_logger.lines
-        accelerator.save_state(str(path))
+        save_checkpoint_atomically(accelerator, output_dir / CHECKPOINTS_DIR, step, scheduler, state)
         limit = train_args.save_total_limit
         if accelerator.is_main_process and limit is not None and limit > 0:
             existing = sorted(
@@ -877,10 +985,7 @@ def train_model(
         history=history,
         accelerator=accelerator,
     )
-    # Release what was prepared/registered here so that the accelerator can be reused.
-    for obj in registered:
-        if obj in accelerator._custom_objects:
-            accelerator._custom_objects.remove(obj)
+    # Release what was prepared here so that the accelerator can be reused.
     accelerator.free_memory()
     unwrapped.eval()
     return result
@@ -925,7 +1030,7 @@ def train_head_then_model(
         train_args: [`TrainArguments`]; `num_train_epochs` is the total of both phases (`max_steps` must be off,
             and resuming is not supported).
         head_only_epochs: epochs of phase 1, `0 < head_only_epochs < num_train_epochs`.
-        prepare_output: check/create `train_args.output_dir` here.
+        prepare_output: check, create and hold `train_args.output_dir` here.
 
     Returns:
         [`TrainResult`] over both phases: `global_step`, `epochs` and `wall_time_s` add up, `best_step` counts from the
@@ -936,9 +1041,25 @@ def train_head_then_model(
         raise ValueError("The model's encoder is frozen (linear probing); --head_only_epochs needs a model whose "
                          "encoder is fine-tuned after the head. Use one or the other.")
     accelerator = accelerator or make_accelerator(train_args)
+    if not prepare_output:
+        return _train_head_then_model(model, train_dataset, val_dataset, train_args, head_only_epochs, accelerator,
+                                      collate_fn)
+    with claim_run_dir(train_args.output_dir, train_args.overwrite_output_dir, False, accelerator):
+        return _train_head_then_model(model, train_dataset, val_dataset, train_args, head_only_epochs, accelerator,
+                                      collate_fn)
+
+
+def _train_head_then_model(
+    model: PreTrainedModel,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    train_args: TrainArguments,
+    head_only_epochs: float,
+    accelerator: Accelerator,
+    collate_fn: Callable[[list[Any]], Any] | None,
+) -> TrainResult:
+    """The two phases of [`train_head_then_model`], in a run folder that is already prepared (and held)."""
     output_dir = Path(train_args.output_dir)
-    if prepare_output:
-        prepare_output_dir(output_dir, train_args.overwrite_output_dir, False, accelerator)
 
     # Each phase is a plain run of `train_model` (a FinetuneArguments' own `head_only_epochs` is this split, done here).
     plain = {"head_only_epochs": 0.0} if hasattr(train_args, "head_only_epochs") else {}

@@ -8,11 +8,16 @@ Each function writes one run folder (layout in `docs/training.md`):
     <output_dir>/log.jsonl          one JSON object per logging event
     <output_dir>/metrics.json       fine-tuning / evaluation: test and val MSE/MAE
     <output_dir>/forecast_plot.png  fine-tuning / evaluation: a few test forecasts vs truth
-    <output_dir>/checkpoints/       accelerate states (step-N), with --save_steps
+    <output_dir>/checkpoints/       complete checkpoints (step-N), with --save_steps
+    <output_dir>/.himtm-run.json    the marker: what the run wrote (what --overwrite_output_dir may remove)
+
+Every folder is claimed through `himtm_hf.output_folders` (new/empty or marked, never an input, locked while the run
+writes it) before anything is written there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +37,7 @@ from transformers import AutoConfig, AutoModelForTimeSeriesPrediction, PreTraine
 
 from ..configuration_himtm import HiMTMConfig
 from ..modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
+from ..output_folders import claim_output_dir
 from .arguments import (
     SHARED_WITH_DATA,
     DataArguments,
@@ -43,18 +49,24 @@ from .arguments import (
 from .loop import (
     METRICS_FILE,
     PLOT_FILE,
+    RUN_ARGS_FILE,
     JsonlLogger,
     _jsonable,
+    claim_run_dir,
+    find_checkpoint,
     iterate_forecasts,
     make_accelerator,
-    prepare_output_dir,
     train_head_then_model,
     train_model,
     write_run_args,
 )
 
 __all__ = [
+    "EVALUATE_LAYOUT",
+    "MAIN_JOB_LAYOUT",
     "build_config",
+    "data_inputs",
+    "default_evaluation_dir",
     "evaluate_model",
     "finetune",
     "forecast_metrics",
@@ -66,6 +78,22 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inputs of a run (an output folder may not be, contain or lie inside one of them)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def data_inputs(data_args: Any) -> list[tuple[str, Any]]:
+    """The local data a run reads, as `(role, path)`: the data file if `dataset` is a path, else the folder the
+    benchmark files come from (`data_dir`, `$HIMTM_DATA_DIR` or the default)."""
+    from ..data import default_data_dir
+
+    dataset = Path(str(data_args.dataset)).expanduser()
+    if dataset.exists():
+        return [("data file", dataset)]
+    return [("data folder", data_args.data_dir if data_args.data_dir is not None else default_data_dir())]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -276,20 +304,21 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, train_args: P
     """
     accelerator = make_accelerator(train_args)
     splits = data_args.load()  # bad dataset arguments fail before the output folder is touched
-    output_dir = prepare_output_dir(
-        train_args.output_dir, train_args.overwrite_output_dir, bool(train_args.resume_from_checkpoint), accelerator
-    )
-    set_seed(train_args.seed)
-    config = build_config(model_args, data_args, len(splits.columns))
-    model = HiMTMForPretraining(config)
-    write_run_args(output_dir, accelerator, model_args=model_args, data_args=data_args, train_args=train_args,
-                   config=config.to_dict(), script="pretrain")
-    result = train_model(model, splits.train, splits.val, train_args, accelerator, is_pretraining=True,
-                         prepare_output=False)
-    if accelerator.is_main_process:
-        result.model.save_pretrained(output_dir)
-        splits.scaler.save(output_dir)
-    accelerator.wait_for_everyone()
+    with claim_run_dir(train_args.output_dir, train_args.overwrite_output_dir, bool(train_args.resume_from_checkpoint),
+                       accelerator, inputs=data_inputs(data_args)) as output_dir:
+        if train_args.resume_from_checkpoint:  # a missing or incomplete checkpoint fails before anything is written
+            find_checkpoint(output_dir, train_args.resume_from_checkpoint)
+        set_seed(train_args.seed)
+        config = build_config(model_args, data_args, len(splits.columns))
+        model = HiMTMForPretraining(config)
+        write_run_args(output_dir, accelerator, model_args=model_args, data_args=data_args, train_args=train_args,
+                       config=config.to_dict(), script="pretrain")
+        result = train_model(model, splits.train, splits.val, train_args, accelerator, is_pretraining=True,
+                             prepare_output=False)
+        if accelerator.is_main_process:
+            result.model.save_pretrained(output_dir)
+            splits.scaler.save(output_dir)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         logger.info("Pre-training done: %d steps, best val %s %s (step %s) -> %s", result.global_step,
                     train_args.metric_for_best_model, result.best_val_loss, result.best_step, output_dir)
@@ -317,9 +346,17 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, train_args: F
     start = time.time()
     accelerator = make_accelerator(train_args)
     splits = data_args.load()  # bad dataset arguments fail before the output folder is touched
-    output_dir = prepare_output_dir(
-        train_args.output_dir, train_args.overwrite_output_dir, bool(train_args.resume_from_checkpoint), accelerator
-    )
+    inputs = [*data_inputs(data_args), ("pre-training", train_args.pretrained_model_path)]
+    with claim_run_dir(train_args.output_dir, train_args.overwrite_output_dir, bool(train_args.resume_from_checkpoint),
+                       accelerator, inputs=inputs) as output_dir:
+        return _finetune_into(output_dir, model_args, data_args, train_args, splits, accelerator, start)
+
+
+def _finetune_into(output_dir: Path, model_args: ModelArguments, data_args: DataArguments,
+                   train_args: FinetuneArguments, splits: Any, accelerator: Accelerator, start: float) -> dict[str, Any]:
+    """The body of [`finetune`], in its prepared (and held) run folder."""
+    if train_args.resume_from_checkpoint:  # a missing or incomplete checkpoint fails before anything is written
+        find_checkpoint(output_dir, train_args.resume_from_checkpoint)
     set_seed(train_args.seed)
     channels = len(splits.columns)
     if train_args.pretrained_model_path:
@@ -383,43 +420,18 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, train_args: F
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def evaluate_model(
-    model_dir: str | os.PathLike[str],
-    dataset: str = "ETTh1",
-    *,
-    data_dir: str | None = None,
-    prediction_length: int | None = None,
-    output_dir: str | os.PathLike[str] | None = None,
-    overwrite_output_dir: bool = False,
-    per_device_eval_batch_size: int = 128,
-    max_test_windows: int | None = None,
-    max_eval_windows: int | None = None,
-    timestamp_column: str | None = None,
-    target_columns: str | None = None,
-    split_fractions: str | None = None,
-    split_dates: str | None = None,
-    mixed_precision: str = "auto",
-    use_cpu: bool = False,
-    num_workers: int = 0,
-    seed: int = 42,
-    plot_windows: int = 3,
-    plot_channels: int = 3,
-    write: bool = True,
-    disable_tqdm: bool = False,
-    accelerator: Accelerator | None = None,
-) -> dict[str, Any]:
-    """Evaluates a saved forecaster (`HiMTMForPrediction`, or any `AutoModelForTimeSeriesPrediction` folder such as
-    PatchTST) on the test split (every window unless `max_test_windows`) and the val split of `dataset`, with the
-    model's own context and prediction length.
+EVALUATE_LAYOUT = (METRICS_FILE, PLOT_FILE, RUN_ARGS_FILE)
+"""What an evaluation writes into its folder (and what its `--overwrite_output_dir` removes)."""
 
-    Writes `metrics.json`, `forecast_plot.png` and `run_args.json` to `output_dir` (default
-    `<model_dir>/eval-<dataset>`; refused if non-empty unless `overwrite_output_dir`) when `write`. Returns the
-    metrics (same schema as fine-tuning's `metrics.json`).
-    """
-    from ..data import load_splits
 
-    start = time.time()
-    model_dir = Path(model_dir)
+def default_evaluation_dir(model_dir: str | os.PathLike[str], dataset: str) -> Path:
+    """`<model_dir>-eval-<dataset>`, next to the model folder: never inside it (an output never lies in an input)."""
+    base = Path(model_dir)
+    base = base if base.name else base.resolve()
+    return base.with_name(f"{base.name}-eval-{Path(str(dataset)).name}")
+
+
+def _checked_forecaster_config(model_dir: Path, prediction_length: int | None, context_length: int | None) -> Any:
     config = AutoConfig.from_pretrained(str(model_dir))
     architectures = list(getattr(config, "architectures", None) or [])
     if architectures and not any("Prediction" in a or "Forecast" in a for a in architectures):
@@ -433,63 +445,122 @@ def evaluate_model(
             f"The model in {model_dir} forecasts prediction_length={horizon}, not {prediction_length}; fine-tune a "
             f"model for H={prediction_length} or leave --prediction_length out."
         )
+    if context_length is not None and int(context_length) != int(config.context_length):
+        raise ValueError(
+            f"The model in {model_dir} reads context_length={config.context_length}, not {context_length}: an "
+            f"evaluation uses the model's own look-back. Leave --context_length out (or pass {config.context_length})."
+        )
+    return config
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike[str],
+    dataset: str = "ETTh1",
+    *,
+    data_dir: str | None = None,
+    prediction_length: int | None = None,
+    context_length: int | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    overwrite_output_dir: bool = False,
+    per_device_eval_batch_size: int = 128,
+    max_test_windows: int | None = None,
+    max_eval_windows: int | None = None,
+    timestamp_column: str | None = None,
+    target_columns: str | None = None,
+    split_fractions: str | None = None,
+    split_dates: str | None = None,
+    sort_timestamps: bool = False,
+    mixed_precision: str = "auto",
+    use_cpu: bool = False,
+    num_workers: int = 0,
+    seed: int = 42,
+    plot_windows: int = 3,
+    plot_channels: int = 3,
+    write: bool = True,
+    disable_tqdm: bool = False,
+    accelerator: Accelerator | None = None,
+) -> dict[str, Any]:
+    """Evaluates a saved forecaster (`HiMTMForPrediction`, or any `AutoModelForTimeSeriesPrediction` folder such as
+    PatchTST) on the test split (every window unless `max_test_windows`) and the val split of `dataset`, with the
+    model's own context and prediction length (`prediction_length` / `context_length`, if given, must match them).
+
+    Writes `metrics.json`, `forecast_plot.png` and `run_args.json` to `output_dir` (default
+    `<model_dir>-eval-<dataset>`, see `himtm_hf.output_folders` for the rules: never the model or data folder, a
+    non-empty folder only if an earlier evaluation wrote it and `overwrite_output_dir`) when `write`. Returns the
+    metrics (same schema as fine-tuning's `metrics.json`).
+    """
+    from ..data import load_splits
+
+    start = time.time()
+    model_dir = Path(model_dir)
+    config = _checked_forecaster_config(model_dir, prediction_length, context_length)
+    horizon = int(config.prediction_length)
     accelerator = accelerator or make_accelerator(SimpleNamespace(mixed_precision=mixed_precision, use_cpu=use_cpu))
     data_args = DataArguments(dataset=dataset, data_dir=data_dir, context_length=int(config.context_length),
                               prediction_length=horizon, timestamp_column=timestamp_column,
-                              target_columns=target_columns, split_fractions=split_fractions, split_dates=split_dates)
+                              target_columns=target_columns, split_fractions=split_fractions, split_dates=split_dates,
+                              sort_timestamps=sort_timestamps)
     splits = load_splits(**data_args.load_kwargs())
-    if write:
-        output_dir = Path(output_dir) if output_dir is not None else model_dir / f"eval-{Path(str(dataset)).name}"
-        prepare_output_dir(output_dir, overwrite_output_dir, False, accelerator)
-    set_seed(seed)
-    model = AutoModelForTimeSeriesPrediction.from_pretrained(str(model_dir))
-    channels = len(splits.columns)
-    if getattr(model.config, "num_input_channels", channels) != channels:
-        raise ValueError(
-            f"The model expects {model.config.num_input_channels} channels but {dataset} has {channels}; choose the "
-            "columns with target_columns=... (a HiMTM model can also be reloaded with num_input_channels=...)."
-        )
-    test = forecast_metrics(model, splits.test, splits.scaler, per_device_eval_batch_size, accelerator,
-                            max_test_windows, num_workers, desc="test", disable_tqdm=disable_tqdm)
-    val = forecast_metrics(model, splits.val, splits.scaler, per_device_eval_batch_size, accelerator,
-                           max_eval_windows, num_workers, desc="val", disable_tqdm=disable_tqdm)
-    test["full_test_split"] = max_test_windows is None or test["num_windows"] == len(splits.test)
-    metrics = {
-        "dataset": splits.name,
-        "prediction_length": horizon,
-        "context_length": int(config.context_length),
-        "num_channels": channels,
-        "test": test,
-        "val": val,
-        "best_val_loss": None,
-        "epochs": None,
-        "steps": None,
-        "wall_time_s": round(time.time() - start, 2),
-        "model_dir": str(model_dir),
-        "num_processes": accelerator.num_processes,
-    }
-    saved_scaler = model_dir / "scaler.json"
-    if saved_scaler.is_file():
-        from ..data import SeriesScaler
-
-        saved = SeriesScaler.load(model_dir)
-        metrics["scaler_matches_model_dir"] = bool(
-            saved.mean is not None and saved.mean.shape == splits.scaler.mean.shape
-            and np.allclose(saved.mean, splits.scaler.mean) and np.allclose(saved.std, splits.scaler.std)
-        )
-    if write and accelerator.is_main_process:
-        output_dir = Path(output_dir)
-        _write_json(output_dir / METRICS_FILE, metrics)
-        write_run_args(output_dir, accelerator, evaluate_args=dict(
-            model_dir=str(model_dir), dataset=dataset, data_dir=data_dir, prediction_length=prediction_length,
-            per_device_eval_batch_size=per_device_eval_batch_size, max_test_windows=max_test_windows,
-            max_eval_windows=max_eval_windows, seed=seed), script="evaluate")
-        plot_forecasts(model.to(accelerator.device), splits.test, output_dir / PLOT_FILE, splits.scaler,
-                       splits.columns, plot_windows, plot_channels,
-                       title=f"{splits.name} H={horizon}: test MSE {test['mse']:.3f}, MAE {test['mae']:.3f}")
-    if accelerator is not None:
+    with contextlib.ExitStack() as held:
+        if write:
+            output_dir = Path(output_dir) if output_dir is not None else default_evaluation_dir(model_dir, dataset)
+            held.enter_context(claim_output_dir(
+                output_dir, kind="evaluate", written=EVALUATE_LAYOUT, overwrite=overwrite_output_dir,
+                inputs=[("model", model_dir), *data_inputs(data_args)], accelerator=accelerator,
+            ))
+        set_seed(seed)
+        model = AutoModelForTimeSeriesPrediction.from_pretrained(str(model_dir))
+        channels = len(splits.columns)
+        if getattr(model.config, "num_input_channels", channels) != channels:
+            raise ValueError(
+                f"The model expects {model.config.num_input_channels} channels but {dataset} has {channels}; choose "
+                "the columns with target_columns=... (a HiMTM model can also be reloaded with num_input_channels=...)."
+            )
+        test = forecast_metrics(model, splits.test, splits.scaler, per_device_eval_batch_size, accelerator,
+                                max_test_windows, num_workers, desc="test", disable_tqdm=disable_tqdm)
+        val = forecast_metrics(model, splits.val, splits.scaler, per_device_eval_batch_size, accelerator,
+                               max_eval_windows, num_workers, desc="val", disable_tqdm=disable_tqdm)
+        test["full_test_split"] = max_test_windows is None or test["num_windows"] == len(splits.test)
+        metrics = {
+            "dataset": splits.name,
+            "prediction_length": horizon,
+            "context_length": int(config.context_length),
+            "num_channels": channels,
+            "test": test,
+            "val": val,
+            "best_val_loss": None,
+            "epochs": None,
+            "steps": None,
+            "wall_time_s": round(time.time() - start, 2),
+            "model_dir": str(model_dir),
+            "num_processes": accelerator.num_processes,
+        }
+        metrics.update(_scaler_check(model_dir, splits.scaler))
+        if write and accelerator.is_main_process:
+            output_dir = Path(output_dir)
+            _write_json(output_dir / METRICS_FILE, metrics)
+            write_run_args(output_dir, accelerator, evaluate_args=dict(
+                model_dir=str(model_dir), dataset=dataset, data_dir=data_dir, prediction_length=prediction_length,
+                per_device_eval_batch_size=per_device_eval_batch_size, max_test_windows=max_test_windows,
+                max_eval_windows=max_eval_windows, seed=seed), script="evaluate")
+            plot_forecasts(model.to(accelerator.device), splits.test, output_dir / PLOT_FILE, splits.scaler,
+                           splits.columns, plot_windows, plot_channels,
+                           title=f"{splits.name} H={horizon}: test MSE {test['mse']:.3f}, MAE {test['mae']:.3f}")
         accelerator.wait_for_everyone()
     return metrics
+
+
+def _scaler_check(model_dir: Path, scaler: Any) -> dict[str, bool]:
+    """`{"scaler_matches_model_dir": ...}` if the model folder has a `scaler.json` (else nothing)."""
+    if not (model_dir / "scaler.json").is_file():
+        return {}
+    from ..data import SeriesScaler
+
+    saved = SeriesScaler.load(model_dir)
+    return {"scaler_matches_model_dir": bool(
+        saved.mean is not None and saved.mean.shape == scaler.mean.shape
+        and np.allclose(saved.mean, scaler.mean) and np.allclose(saved.std, scaler.std)
+    )}
 
 
 def format_metrics_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -511,6 +582,10 @@ def format_metrics_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+MAIN_JOB_LAYOUT = ("pretrain", "finetune", "evaluate", METRICS_FILE, PLOT_FILE, "summary.md")
+"""What the main job writes into its folder (and what its `--overwrite_output_dir` removes)."""
+
+
 def run_main_job(args: MainJobArguments) -> dict[str, Any]:
     """Pre-train -> fine-tune -> evaluate on one dataset with a small HiMTM, print the test MSE/MAE table.
 
@@ -519,15 +594,22 @@ def run_main_job(args: MainJobArguments) -> dict[str, Any]:
     """
     start = time.time()
     accelerator = make_accelerator(args)
-    root = prepare_output_dir(args.output_dir, args.overwrite_output_dir, False, accelerator)
+    data_args = DataArguments(dataset=args.dataset, data_dir=args.data_dir, context_length=args.context_length,
+                              prediction_length=args.prediction_length)
+    with claim_output_dir(args.output_dir, kind="main_job", written=MAIN_JOB_LAYOUT, overwrite=args.overwrite_output_dir,
+                          inputs=data_inputs(data_args), accelerator=accelerator) as root:
+        return _main_job_in(root, args, data_args, accelerator, start)
+
+
+def _main_job_in(root: Path, args: MainJobArguments, data_args: DataArguments, accelerator: Accelerator,
+                 start: float) -> dict[str, Any]:
+    """The body of [`run_main_job`], in its prepared (and held) folder."""
     heads = int(args.num_attention_heads)
     model_args = ModelArguments(
         patch_length=args.patch_length, num_hierarchies=args.num_hierarchies, d_model=args.d_model,
         num_layers=args.num_layers, num_attention_heads=heads, ffn_dim=args.ffn_dim, dropout=args.dropout,
         mask_ratio=args.mask_ratio, decoder_num_attention_heads=heads, csa_num_attention_heads=heads,
     )
-    data_args = DataArguments(dataset=args.dataset, data_dir=args.data_dir, context_length=args.context_length,
-                              prediction_length=args.prediction_length)
     common = dict(
         overwrite_output_dir=args.overwrite_output_dir, per_device_train_batch_size=args.batch_size,
         eval_every_steps=args.eval_every_steps, early_stopping_patience=args.early_stopping_patience,
