@@ -193,23 +193,34 @@ def _evaluate(model, splits: SplitData, budget: Budget, accelerator=None) -> dic
     return metrics
 
 
+# HiMTM's pre-training keeps the weights with the lowest validation reconstruction loss: the distillation part of the
+# total can fall while the encoder learns nothing (docs/architecture.md). PatchTST reports only `loss` (its
+# reconstruction loss).
+HIMTM_PRETRAIN_METRIC = "reconstruction_loss"
+# Validation windows the pre-training diagnostics score (`himtm_hf.pretraining_diagnostics`), as `pretrain.py` does.
+DIAGNOSTICS_WINDOWS = 256
+
+
 def pretrain_model(model_name: str, splits: SplitData, budget: Budget, seed: int, work_dir: Path,
-                   himtm_overrides: dict[str, Any] | None = None,
-                   metric_for_best_model: str = "loss") -> tuple[Path, dict[str, Any]]:
-    """Pre-trains HiMTM or self-supervised PatchTST; returns the saved folder and a summary. `metric_for_best_model`:
-    the validation loss that picks the kept checkpoint (PatchTST reports only `loss`, its reconstruction loss)."""
+                   himtm_overrides: dict[str, Any] | None = None, metric_for_best_model: str | None = None,
+                   probe_splits: SplitData | None = None) -> tuple[Path, dict[str, Any]]:
+    """Pre-trains HiMTM or self-supervised PatchTST on `splits` (forecasting or look-back-only windows); returns the
+    saved folder and a summary. `metric_for_best_model`: the validation loss that picks the kept checkpoint (not
+    given: `HIMTM_PRETRAIN_METRIC` for HiMTM, `loss` for PatchTST). A HiMTM summary also holds the diagnostics of the
+    kept weights (`pretrain_diagnostics`), whose linear probe forecasts `probe_splits`' horizon (default `splits`)."""
     from transformers import PatchTSTForPretraining
 
     from .training.loop import train_model
 
+    if metric_for_best_model is None:
+        metric_for_best_model = HIMTM_PRETRAIN_METRIC if model_name == "himtm" else "loss"
     set_seed(seed)
-    L, C = splits.context_length, splits.num_channels
+    # Look-back-only windows have no horizon; the configs need one, and pre-training never reads it.
+    L, H, C = splits.context_length, max(splits.prediction_length, 1), splits.num_channels
     if model_name == "himtm":
-        model = HiMTMForPretraining(himtm_config(splits.name, L, splits.prediction_length, C, budget,
-                                                 **(himtm_overrides or {})))
+        model = HiMTMForPretraining(himtm_config(splits.name, L, H, C, budget, **(himtm_overrides or {})))
     else:
-        model = PatchTSTForPretraining(patchtst_config("selfsupervised", splits.name, L, splits.prediction_length, C,
-                                                       budget))
+        model = PatchTSTForPretraining(patchtst_config("selfsupervised", splits.name, L, H, C, budget))
     out_dir = work_dir / f"{model_name}-pretrain"
     result = train_model(model, splits.train, splits.val,
                          _train_args(budget, "pretrain", out_dir, seed, metric_for_best_model=metric_for_best_model),
@@ -219,8 +230,31 @@ def pretrain_model(model_name: str, splits: SplitData, budget: Budget, seed: int
                "pretrain_best_val_loss": result.best_val_loss, "pretrain_best_step": result.best_step,
                "pretrain_metric_for_best_model": metric_for_best_model, "pretrain_wall_time_s": round(result.wall_time_s, 2),
                "pretrain_final_train_loss": _last_train_loss(result.history)}
+    if model_name == "himtm":
+        summary["pretrain_windows"] = "look-back only" if splits.prediction_length == 0 else "forecasting"
+        summary["pretrain_diagnostics"] = pretraining_diagnostics(result.model, splits, seed, probe_splits)
     del result
     return out_dir, summary
+
+
+def pretraining_diagnostics(model: torch.nn.Module, splits: SplitData, seed: int,
+                            probe_splits: SplitData | None = None) -> dict[str, Any]:
+    """Does the kept pre-training learn? Finest-hierarchy skill over the best trivial predictor, per-hierarchy skill,
+    feature spread and the frozen-encoder linear probe on `DIAGNOSTICS_WINDOWS` validation windows with masks seeded
+    by `seed` (`himtm_hf.pretraining_diagnostics.diagnose_pretraining`). The probe forecasts the horizon of
+    `probe_splits` (default `splits`; none when that has no horizon)."""
+    from .pretraining_diagnostics import diagnose_pretraining, seasonal_period
+
+    probe_splits = probe_splits or splits
+    probe = (probe_splits.train, probe_splits.val) if probe_splits.prediction_length > 0 else None
+    result = diagnose_pretraining(model, splits.val, num_windows=DIAGNOSTICS_WINDOWS, seed=seed,
+                                  period=seasonal_period(splits.timestamps), batch_size=256, probe=probe)
+    keep = ("skill", "best_trivial", "best_trivial_predictor", "student_spread", "teacher_spread",
+            "linear_probe_mse", "linear_probe_lookback_mse", "linear_probe_mean_mse")
+    return {**{k: result.get(k) for k in keep},
+            "probe_prediction_length": probe_splits.prediction_length if probe is not None else None,
+            "skill_by_hierarchy": [level["skill"] for level in result["hierarchy"]],
+            "reconstruction_by_hierarchy": [level["reconstruction"] for level in result["hierarchy"]]}
 
 
 def _last_train_loss(history: list[dict[str, Any]]) -> float | None:
@@ -314,7 +348,7 @@ def command_line() -> str:
 # HiMTM's defaults (or what they pre-train) changed three times (see `HIMTM_DEFAULTS`); a HiMTM record names the set
 # it ran with, so a table never pools runs of two different models under one label. Records written before the field
 # existed ran with set 0.
-HIMTM_DEFAULTS_VERSION = 3
+HIMTM_DEFAULTS_VERSION = 4
 HIMTM_DEFAULTS: dict[int, str] = {
     0: "teacher_input='masked', csa_attention='global', positional_encoding_type='learned' (every HiMTM record "
        "before the field existed)",
@@ -322,6 +356,9 @@ HIMTM_DEFAULTS: dict[int, str] = {
     2: "teacher_input='full', csa_attention='local', positional_encoding_type='sincos'",
     3: "as v2, with DED's mask queries and positions initialised (std initializer_range); v0-v2 pre-trained with "
        "both left at zero",
+    4: "as v3, with distillation_target_norm='instance', pre-training scaler statistics from the visible patches "
+       "(floored at 0.5x the window's scale), look-back-only pre-training windows, context_padding='left', and the "
+       "pre-training checkpoint kept by validation reconstruction loss",
 }
 
 
@@ -389,13 +426,14 @@ def base_record(dataset: str, budget: Budget, seed: int, context_length: int) ->
 def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], budget: Budget, seeds: list[int],
                  work_dir: Path, results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
                  context_length: int = 512, himtm_variant: str = "full",
-                 overwrite: bool = False) -> list[dict[str, Any]]:
+                 overwrite: bool = False, baselines: bool = True) -> list[dict[str, Any]]:
     """One pre-training per (dataset, self-supervised model, seed), one fine-tune per horizon; a record per run.
 
     `himtm_variant` (a key of `ABLATION_VARIANTS`) runs HiMTM with that variant's overrides; its records carry
     `variant` and sit beside the default model's in the tables as `himtm@<variant>`. Cells that already have a
     record in `results_dir` are kept and skipped (with their pre-training, when every horizon has one) unless
-    `overwrite`."""
+    `overwrite`. `baselines`: first write the closed-form baseline records of every (dataset, horizon) cell
+    (`ensure_baselines`; kept when up to date)."""
     if himtm_variant not in ABLATION_VARIANTS:
         raise ValueError(f"Unknown HiMTM variant {himtm_variant!r}; choose from {list(ABLATION_VARIANTS)}.")
     overrides = ABLATION_VARIANTS[himtm_variant]
@@ -404,6 +442,9 @@ def run_accuracy(datasets: list[str], horizons: list[int], models: list[str], bu
         variant_fields.update(variant=himtm_variant, overrides=overrides)
     records = []
     for dataset in datasets:
+        if baselines:
+            for horizon in horizons:
+                ensure_baselines(dataset, context_length, horizon, results_dir, data_dir)
         for seed in seeds:
             base_splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
                                       prediction_length=min(horizons))
@@ -532,7 +573,17 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "hsd_instance_norm_head_init_zeros_lp_ft": dict(_INSTANCE_TARGETS_ZERO_HEAD),
     # The defaults' model, with the pre-training checkpoint (and its early stopping) chosen by the validation
     # reconstruction loss instead of the total: the HSD part's target moves with the weights (NOTES point (14)).
+    # The default since defaults v4; the variant stays for the records of earlier sets.
     "select_by_reconstruction": {},
+    # The pre-training checkpoint chosen by the total validation loss (reconstruction + distillation), the default
+    # before v4.
+    "select_by_total_loss": {},
+    # The switches of defaults v4, each set back (docs/architecture.md, "Pre-training that learns"): per-token
+    # LayerNorm distillation targets (v3's; with the shared teacher the encoder collapses), scaler statistics over
+    # the whole window (masked values included), and DED positions from a fixed sine-cosine table.
+    "hsd_token_norm": {"distillation_target_norm": "token"},
+    "scaling_all": {"pretraining_scaling_statistics": "all"},
+    "decoder_pos_sincos": {"decoder_positional_encoding_type": "sincos"},
 }
 # Variants fine-tuned from a random initialisation instead of their own pre-training.
 NO_PRETRAIN_VARIANTS = {"no_pretrain"}
@@ -544,16 +595,16 @@ PAPER_ABLATION_VARIANTS: list[str] = ["full", "no_hmt", "no_ded", "no_hsd", "no_
 HEAD_FIRST_VARIANTS: tuple[str, ...] = ("width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_lp_ft",
                                         "hsd_instance_norm_head_init_zeros_lp_ft")
 # Variants whose pre-training keeps the checkpoint with the lowest value of this validation loss (others: "loss").
-PRETRAIN_METRIC_VARIANTS = {"select_by_reconstruction": "reconstruction_loss"}
+PRETRAIN_METRIC_VARIANTS = {"select_by_reconstruction": "reconstruction_loss", "select_by_total_loss": "loss"}
 
 
-def _pretrain_variant(variant: str, splits: SplitData, budget: Budget, seed: int,
-                      work_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+def _pretrain_variant(variant: str, splits: SplitData, budget: Budget, seed: int, work_dir: Path,
+                      probe_splits: SplitData | None = None) -> tuple[Path | None, dict[str, Any]]:
     """Pre-trains HiMTM as `variant` (no checkpoint for the variants without pre-training)."""
     if variant in NO_PRETRAIN_VARIANTS:
         return None, {"pretrain_steps": 0}
     return pretrain_model("himtm", splits, budget, seed, work_dir, ABLATION_VARIANTS[variant],
-                          metric_for_best_model=PRETRAIN_METRIC_VARIANTS.get(variant, "loss"))
+                          metric_for_best_model=PRETRAIN_METRIC_VARIANTS.get(variant), probe_splits=probe_splits)
 
 
 def _head_only_epochs(name: str, budget: Budget) -> float:
@@ -572,37 +623,142 @@ def _finetune_overrides(overrides: dict[str, Any], checkpoint: Path | None) -> d
     return {k: v for k, v in overrides.items() if k == "use_csa"} if checkpoint is not None else dict(overrides)
 
 
-def run_ablation(datasets: list[str], variants: list[str], horizon: int, budget: Budget, seeds: list[int],
+def run_ablation(datasets: list[str], variants: list[str], horizons: list[int], budget: Budget, seeds: list[int],
                  work_dir: Path, results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
-                 context_length: int = 512, overwrite: bool = False) -> list[dict[str, Any]]:
-    """Pre-train + fine-tune HiMTM per variant, dataset and seed at one horizon; a record per run. Cells that
-    already have a record in `results_dir` are kept and skipped unless `overwrite`."""
+                 context_length: int = 512, overwrite: bool = False,
+                 baselines: bool = True) -> list[dict[str, Any]]:
+    """Pre-train + fine-tune HiMTM per variant, dataset and seed; a record per horizon. Each (dataset, variant, seed)
+    pre-trains once, on look-back-only windows of the train split (pre-training reads no future, so it does not
+    depend on the horizon), and every horizon fine-tunes from that checkpoint. Cells that already have a record in
+    `results_dir` are kept and skipped unless `overwrite`. `baselines`: first write the closed-form baseline records
+    of each dataset and horizon (`ensure_baselines`; kept when up to date)."""
     records = []
     for dataset in datasets:
-        splits = load_splits(dataset, data_dir=data_dir, context_length=context_length, prediction_length=horizon)
+        if baselines:
+            for horizon in horizons:
+                ensure_baselines(dataset, context_length, horizon, results_dir, data_dir)
+        lookback = load_splits(dataset, data_dir=data_dir, context_length=context_length, prediction_length=0)
+        by_horizon = {h: load_splits(dataset, data_dir=data_dir, context_length=context_length, prediction_length=h)
+                      for h in horizons}
         for variant in variants:
-            overrides = ABLATION_VARIANTS[variant]
             for seed in seeds:
-                # the record's identity (the fields that name its file, and the variant's overrides); the skip check
-                # and the new record share it
-                cell = {"dataset": splits.name, "budget": budget.name, "seed": seed, "model": "himtm",
-                        "himtm_defaults": HIMTM_DEFAULTS_VERSION, "variant": variant, "overrides": overrides,
-                        "prediction_length": horizon}
-                if (kept := kept_record(results_dir, "ablation", cell, overwrite)) is not None:
-                    records.append(kept)
-                    continue
-                start = time.time()
-                run_dir = work_dir / splits.name / variant / f"seed{seed}"
-                ckpt, pre_summary = _pretrain_variant(variant, splits, budget, seed, run_dir)
-                metrics = finetune_model("himtm", splits, budget, seed, run_dir, ckpt,
-                                         _finetune_overrides(overrides, ckpt), _head_only_epochs(variant, budget))
-                record = {**base_record(splits.name, budget, seed, context_length), **cell, **pre_summary,
-                          **metrics, "wall_time_s": round(time.time() - start, 2)}
-                path = write_record(results_dir, "ablation", record)
-                records.append(record)
-                print(f"{splits.name} {variant} seed {seed}: MSE {metrics['mse']:.4f} MAE {metrics['mae']:.4f} "
-                      f"-> {path}", flush=True)
+                # each record's identity (the fields that name its file, and the variant's overrides); the skip
+                # check and the new record share it
+                cells = {h: {"dataset": lookback.name, "budget": budget.name, "seed": seed, "model": "himtm",
+                             "himtm_defaults": HIMTM_DEFAULTS_VERSION, "variant": variant,
+                             "overrides": ABLATION_VARIANTS[variant], "prediction_length": h} for h in horizons}
+                todo = []
+                for h, cell in cells.items():
+                    if (kept := kept_record(results_dir, "ablation", cell, overwrite)) is not None:
+                        records.append(kept)
+                    else:
+                        todo.append(h)
+                if todo:
+                    records += _ablation_seed(lookback, {h: by_horizon[h] for h in todo}, cells, budget, seed,
+                                              work_dir / lookback.name / variant / f"seed{seed}", results_dir)
     return records
+
+
+def _ablation_seed(lookback: SplitData, by_horizon: dict[int, SplitData], cells: dict[int, dict[str, Any]],
+                   budget: Budget, seed: int, run_dir: Path, results_dir: Path) -> list[dict[str, Any]]:
+    """One pre-training of a variant (the probe of its diagnostics forecasts the shortest horizon), then one
+    fine-tuning and record per horizon of `by_horizon`."""
+    variant = next(iter(cells.values()))["variant"]
+    overrides = ABLATION_VARIANTS[variant]
+    start = time.time()
+    ckpt, pre_summary = _pretrain_variant(variant, lookback, budget, seed, run_dir, by_horizon[min(by_horizon)])
+    pretrain_seconds = time.time() - start
+    records = []
+    for horizon, splits in by_horizon.items():
+        start = time.time()
+        metrics = finetune_model("himtm", splits, budget, seed, run_dir, ckpt, _finetune_overrides(overrides, ckpt),
+                                 _head_only_epochs(variant, budget))
+        record = {**base_record(splits.name, budget, seed, splits.context_length), **cells[horizon], **pre_summary,
+                  **metrics, "wall_time_s": round(pretrain_seconds + time.time() - start, 2)}
+        path = write_record(results_dir, "ablation", record)
+        records.append(record)
+        print(f"{splits.name} {variant} seed {seed} H={horizon}: MSE {metrics['mse']:.4f} MAE {metrics['mae']:.4f} "
+              f"-> {path}", flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Closed-form baselines (naive last value, NLinear-style ridge): one record per (dataset, L, H)
+# ----------------------------------------------------------------------------------------------------------------------
+
+BASELINES_KIND = "baselines"
+# Bump when what `himtm_hf.baselines` computes changes: every record then differs in its settings and is recomputed.
+BASELINES_VERSION = 1
+# Record key -> the row / column name the tables give it.
+BASELINE_LABELS: dict[str, str] = {"naive": "naive (last value)", "linear_ridge": "linear (ridge)"}
+
+
+def baseline_settings(dataset: str, context_length: int, prediction_length: int) -> dict[str, Any]:
+    """Everything that fixes a baseline record's numbers (with the data file): compared before a record is kept, and
+    stored in it so that it can be regenerated (`scripts/benchmark_baselines.py` with these values)."""
+    from .baselines import RIDGE_LAMBDAS
+
+    return {"dataset": dataset, "context_length": int(context_length), "prediction_length": int(prediction_length),
+            "split": "test", "split_protocol": "load_splits defaults (the benchmark's fixed ETT borders, else "
+                                                "70/10/20 by rows); train-split standardisation",
+            "test_windows": "every window, stride 1", "ridge_lambdas": list(RIDGE_LAMBDAS),
+            "ridge_lambda_selection": "lowest val MSE", "ridge_max_train_windows": None,
+            "baselines_version": BASELINES_VERSION}
+
+
+def baseline_record_path(results_dir: Path, dataset: str, context_length: int, prediction_length: int) -> Path:
+    """The record of the closed-form baselines of one (dataset, L, H) cell: `results_dir/baselines/`."""
+    return Path(results_dir) / BASELINES_KIND / f"{dataset}-L{int(context_length)}-H{int(prediction_length)}.json"
+
+
+def ensure_baselines(dataset: str, context_length: int, prediction_length: int, results_dir: Path = RESULTS_DIR,
+                     data_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """The baseline record of (`dataset`, `context_length`, `prediction_length`): the existing one when its settings
+    are those of `baseline_settings` (and not `overwrite`), else computed (seconds on a CPU) and written."""
+    from .baselines import linear_ridge, naive_last_value
+
+    splits = load_splits(dataset, data_dir=data_dir, context_length=context_length,
+                         prediction_length=prediction_length)
+    settings = json.loads(json.dumps(baseline_settings(splits.name, context_length, prediction_length)))
+    path = baseline_record_path(results_dir, splits.name, context_length, prediction_length)
+    if path.is_file() and not overwrite:
+        existing = json.loads(path.read_text())
+        if existing.get("settings") == settings:
+            print(f"baselines up to date: {path}", flush=True)
+            return existing
+    start = time.time()
+    naive = naive_last_value(splits)
+    linear = linear_ridge(splits)
+    record = {
+        "kind": BASELINES_KIND, "dataset": splits.name, "context_length": int(context_length),
+        "prediction_length": int(prediction_length), "naive": naive, "linear_ridge": linear, "settings": settings,
+        "data": {"dataset": str(dataset), "data_dir": data_dir, "columns": splits.columns,
+                 "borders": {k: list(v) for k, v in splits.borders.items()}, "train_windows": len(splits.train),
+                 "val_windows": len(splits.val), "test_windows": len(splits.test)},
+        "device": device_name(), "git_commit": git_commit(), "command": command_line(),
+        "torch_version": torch.__version__, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    print(f"{splits.name} L={context_length} H={prediction_length} baselines: naive {naive['mse']:.4f} / "
+          f"{naive['mae']:.4f}, linear (ridge, lambda {linear['ridge_lambda']:g}) {linear['mse']:.4f} / "
+          f"{linear['mae']:.4f} (test MSE / MAE, {naive['num_windows']} windows) -> {path}", flush=True)
+    return record
+
+
+def run_baselines(datasets: list[str], horizons: list[int], context_lengths: list[int],
+                  results_dir: Path = RESULTS_DIR, data_dir: str | None = None,
+                  overwrite: bool = False) -> list[dict[str, Any]]:
+    """`ensure_baselines` for every (dataset, context length, horizon)."""
+    return [ensure_baselines(dataset, context_length, horizon, results_dir, data_dir, overwrite)
+            for dataset in datasets for context_length in context_lengths for horizon in horizons]
+
+
+def load_baselines(results_dir: Path = RESULTS_DIR) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """Every baseline record under `results_dir/baselines/`, by (dataset, context length, horizon)."""
+    return {(r["dataset"], int(r["context_length"]), int(r["prediction_length"])): r
+            for r in _load_records(results_dir, BASELINES_KIND)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -622,7 +778,8 @@ def _mean_std(values: list[float]) -> str:
 
 
 def regenerate_results_md(results_dir: Path = RESULTS_DIR, output: Path | None = None) -> Path:
-    """Rebuilds `docs/results.md` from every JSON record under `results_dir` (accuracy, ablation, speed, transfer)."""
+    """Rebuilds `docs/results.md` from every JSON record under `results_dir` (accuracy, ablation, speed, transfer;
+    the closed-form baselines under `baselines/` appear in the accuracy, ablation and transfer tables)."""
     results_dir = Path(results_dir)
     output = Path(output) if output else results_dir.parent / "results.md"
     lines = ["# Results", "",
@@ -631,14 +788,15 @@ def regenerate_results_md(results_dir: Path = RESULTS_DIR, output: Path | None =
              "produced its numbers. MSE/MAE are on the standardised test split (train-split statistics), every test "
              "window unless the budget says otherwise (`quick` caps them).", ""]
     accuracy = _load_records(results_dir, "accuracy")
+    baselines = load_baselines(results_dir)
     # The headline first: without it a reader has to find the current model's averages in the long tables below.
-    lines += _scoreboard_section(accuracy)
+    lines += _scoreboard_section(accuracy, baselines)
     notes = results_dir / "NOTES.md"
     if notes.is_file():  # hand-written reading of the numbers: what was seen, why, what changed since
         lines += [notes.read_text().strip(), ""]
-    lines += _accuracy_section(accuracy)
-    lines += _ablation_section(_load_records(results_dir, "ablation"))
-    lines += _transfer_section(_load_records(results_dir, "transfer"))
+    lines += _accuracy_section(accuracy, baselines)
+    lines += _ablation_section(_load_records(results_dir, "ablation"), baselines)
+    lines += _transfer_section(_load_records(results_dir, "transfer"), baselines)
     lines += _speed_section(results_dir / "speed")
     output.write_text("\n".join(lines) + "\n")
     return output
@@ -694,51 +852,116 @@ def _baseline_cells(averages: dict[tuple[str, str], tuple[float, list[int]]], da
     return cells + ratios
 
 
-def _scoreboard_section(records: list[dict[str, Any]]) -> list[str]:
+Baselines = dict[tuple[str, int, int], dict[str, Any]]
+# What the naive and linear rows / columns are, said once per section that shows them.
+_BASELINES_LEGEND = (
+    "`naive (last value)`: each channel's last look-back value repeated over the horizon; `linear (ridge)`: one "
+    "linear map from the look-back to the horizon shared by all channels, applied after subtracting each window's "
+    "last value (NLinear-style), fitted in closed form on the train windows, ridge strength chosen on the val "
+    "windows. Both scored like the networks on every test window of the same dataset, look-back and horizon "
+    "(`himtm_hf/baselines.py`; records under `docs/results/baselines/`, written by `python "
+    "scripts/benchmark_baselines.py`); – where a cell has no baseline record.")
+
+
+def _cell_baseline(baselines: Baselines, dataset: str, runs: list[dict[str, Any]],
+                   horizon: int | None = None) -> dict[str, Any] | None:
+    """The baseline record of the (dataset, look-back, horizon) of `runs` (None when there is none, or when the runs
+    name no look-back or more than one). `horizon`: the runs' own `prediction_length` unless given."""
+    lengths = {r.get("context_length") for r in runs}
+    horizons = {horizon} if horizon is not None else {r.get("prediction_length") for r in runs}
+    if len(lengths) != 1 or None in lengths or len(horizons) != 1 or None in horizons:
+        return None
+    return baselines.get((dataset, int(next(iter(lengths))), int(next(iter(horizons)))))
+
+
+def _baseline_metric_cell(record: dict[str, Any] | None, key: str, windows: set[Any] = frozenset()) -> str:
+    """`MSE / MAE` of baseline `key` of `record` ("–" without one), marked `†` when a network in the row was scored
+    on other test windows than all of them (`windows`: the rows' numbers of test windows)."""
+    if record is None:
+        return "–"
+    metrics = record[key]
+    capped = any(w is not None and int(w) != int(metrics["num_windows"]) for w in windows)
+    return f"{metrics['mse']:.4f} / {metrics['mae']:.4f}" + (" †" if capped else "")
+
+
+def _baseline_average(baselines: Baselines, dataset: str, runs: list[dict[str, Any]], horizons: list[int],
+                      key: str) -> str:
+    """The horizon-averaged test MSE of baseline `key` over `horizons` at the look-back of `runs` ("–" unless every
+    horizon has a record)."""
+    records = [_cell_baseline(baselines, dataset, runs, h) for h in horizons]
+    if not horizons or any(r is None for r in records):
+        return "–"
+    return f"{float(np.mean([r[key]['mse'] for r in records])):.4f}"
+
+
+def _baselines_provenance(used: list[dict[str, Any] | None], capped: bool = False) -> list[str]:
+    """A line naming the commands and commits of the baseline records a table shows (none when it shows none)."""
+    used = [r for r in used if r is not None]
+    if not used:
+        return []
+    line = (f"Baselines: commands {'; '.join(f'`{c}`' for c in sorted({r['command'] for r in used}))}. Commits: "
+            f"{', '.join(sorted({r['git_commit'] for r in used}))}.")
+    if capped:
+        line += (" †: the networks of that row were scored on a subset of the test windows (their budget caps them), "
+                 "the baselines on every one.")
+    return [line, ""]
+
+
+def _scoreboard_section(records: list[dict[str, Any]], baselines: Baselines | None = None) -> list[str]:
     """One row per (budget, device, dataset): the current HiMTM defaults against both PatchTST baselines; then the
-    best HiMTM variant measured per (budget, device, dataset)."""
+    best HiMTM variant measured per (budget, device, dataset), each with the closed-form baselines' horizon-averaged
+    test MSE."""
+    baselines = baselines or {}
     lines = ["## At a glance: the current HiMTM against PatchTST (generated from the records below)", "",
              f"Horizon-averaged test MSE (each horizon first averaged over its seeds), HiMTM at its current defaults "
              f"(set v{HIMTM_DEFAULTS_VERSION}, no variant), and HiMTM / PatchTST (the target is <= "
              f"{ACCURACY_TARGET_RATIO}). Only rows "
              "where a model ran every horizon of the dataset count; variants, older defaults sets, per-horizon "
-             "numbers, commands and commits are in the tables further down.", "",
+             "numbers, commands and commits are in the tables further down. The last two columns: the closed-form "
+             "naive (last value) and linear (ridge) forecasts on the same test windows, averaged over the same "
+             "horizons (described under the accuracy tables).", "",
              "| budget | device | dataset | horizons | HiMTM (seeds) | PatchTST supervised (seeds) | "
-             "PatchTST self-supervised (seeds) | HiMTM / supervised | HiMTM / self-supervised |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "PatchTST self-supervised (seeds) | HiMTM / supervised | HiMTM / self-supervised | naive | "
+             "linear (ridge) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     best = ["Best HiMTM per budget and dataset: the defaults or any variant of the current set that ran every "
             "horizon, the one with the lowest horizon-averaged test MSE. Chosen on the test numbers themselves, so "
             "an optimistic reading of what HiMTM reaches; its recipe is named in the variant column.", "",
             "| budget | device | dataset | HiMTM variant | HiMTM (seeds) | PatchTST supervised (seeds) | "
-            "PatchTST self-supervised (seeds) | HiMTM / supervised | HiMTM / self-supervised |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "PatchTST self-supervised (seeds) | HiMTM / supervised | HiMTM / self-supervised | naive | "
+            "linear (ridge) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     header_lines = len(lines)
     best_header_lines = len(best)
     for budget, rows in _accuracy_groups(records):
         averages = _horizon_averages(rows)
         devices = ", ".join(sorted({r["device"] for r in rows}))
         for dataset, horizons in _dataset_horizons(rows).items():
+            runs = [r for r in rows if r["dataset"] == dataset]
+            simple = [_baseline_average(baselines, dataset, runs, horizons, key) for key in BASELINE_LABELS]
             himtm = averages.get((dataset, "himtm"))
             if himtm is not None:
                 lines.append(f"| `{budget}` | {devices} | {dataset} | {'/'.join(map(str, horizons))} | "
                              f"{himtm[0]:.4f} ({len(himtm[1])}) | "
-                             + " | ".join(_baseline_cells(averages, dataset, himtm)) + " |")
+                             + " | ".join(_baseline_cells(averages, dataset, himtm) + simple) + " |")
             current = {label: value for (d, label), value in averages.items()
                        if d == dataset and label.split("@")[0] == "himtm" and "[v" not in label}
             if current:
                 label, value = min(current.items(), key=lambda item: item[1][0])
                 variant = label.partition("@")[2] or "defaults"
                 best.append(f"| `{budget}` | {devices} | {dataset} | `{variant}` | {value[0]:.4f} ({len(value[1])}) | "
-                            + " | ".join(_baseline_cells(averages, dataset, value)) + " |")
+                            + " | ".join(_baseline_cells(averages, dataset, value) + simple) + " |")
     if len(lines) == header_lines:
-        lines.append("| – | – | – | – | no complete HiMTM run at the current defaults yet | – | – | – | – |")
+        lines.append("| – | – | – | – | no complete HiMTM run at the current defaults yet | – | – | – | – | – | – |")
     return lines + [""] + (best + [""] if len(best) > best_header_lines else [])
 
 
-def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
+def _accuracy_section(records: list[dict[str, Any]], baselines: Baselines | None = None) -> list[str]:
+    baselines = baselines or {}
     lines = ["## Accuracy: HiMTM vs PatchTST (same splits, scaler, optimiser and budget)", ""]
     if not records:
         return lines + ["No accuracy records yet.", ""]
+    lines += [f"The last two columns of each table: {_BASELINES_LEGEND}", ""]
     for budget, rows in _accuracy_groups(records):
         devices = sorted({r["device"] for r in rows})
         commands = sorted({r["command"] for r in rows})
@@ -749,15 +972,21 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
         lines += _defaults_legend(rows)
         labels = {_model_label(r) for r in rows}
         models = [m for m in ALL_MODELS if m in labels] + sorted(labels - set(ALL_MODELS))
-        lines.append("| dataset | H | " + " | ".join(f"{m} MSE / MAE" for m in models) + " |")
-        lines.append("|---|---|" + "---|" * len(models))
+        lines.append("| dataset | H | " + " | ".join(f"{m} MSE / MAE" for m in models)
+                     + " | " + " | ".join(f"{label} MSE / MAE" for label in BASELINE_LABELS.values()) + " |")
+        lines.append("|---|---|" + "---|" * (len(models) + len(BASELINE_LABELS)))
         table: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
             table[(r["dataset"], r["prediction_length"], _model_label(r))].append(r)
         horizon_averages = _horizon_averages(rows)
         averages = []
+        used, capped = [], False
         for dataset, horizons in _dataset_horizons(rows).items():
             for h in horizons:
+                cell_runs = [r for r in rows if r["dataset"] == dataset and r["prediction_length"] == h]
+                simple = _cell_baseline(baselines, dataset, cell_runs)
+                windows = {r.get("num_test_windows") for r in cell_runs}
+                used.append(simple)
                 cells = []
                 for m in models:
                     runs = table.get((dataset, h, m), [])
@@ -767,15 +996,20 @@ def _accuracy_section(records: list[dict[str, Any]]) -> list[str]:
                         cells.append(f"{mse:.4f} / {mae:.4f}" + (f" (n={len(runs)})" if len(runs) > 1 else ""))
                     else:
                         cells.append("–")
+                cells += [_baseline_metric_cell(simple, key, windows) for key in BASELINE_LABELS]
+                capped = capped or any(cell.endswith("†") for cell in cells[-len(BASELINE_LABELS):])
                 lines.append(f"| {dataset} | {h} | " + " | ".join(cells) + " |")
             complete = {m: horizon_averages[(dataset, m)][0] for m in models if (dataset, m) in horizon_averages}
             avg_cells = [f"**{complete[m]:.4f}**" if m in complete else "–" for m in models]
+            dataset_runs = [r for r in rows if r["dataset"] == dataset]
+            avg_cells += [_baseline_average(baselines, dataset, dataset_runs, horizons, key) for key in BASELINE_LABELS]
             lines.append(f"| {dataset} | avg | " + " | ".join(avg_cells) + " |")
             for himtm in [m for m in complete if m.startswith("himtm")]:
                 ratios = {m: complete[himtm] / v for m, v in complete.items() if not m.startswith("himtm")}
                 if ratios:
                     averages.append((dataset if himtm == "himtm" else f"{dataset} ({himtm})", ratios))
         lines.append("")
+        lines += _baselines_provenance(used, capped)
         if averages:
             lines += [f"HiMTM / PatchTST ratio of the horizon-averaged MSE (target: <= {ACCURACY_TARGET_RATIO}):", ""]
             for dataset, ratios in averages:
@@ -833,10 +1067,21 @@ def _fmt(value: Any) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.4f}"
 
 
-def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
+_ABLATION_COLUMNS = (
+    "Pre-training skill: `1 - L_R / best trivial` of the kept pre-training at the finest hierarchy, on 256 validation "
+    "windows with fixed masks (> 0: better than the visible mean, interpolation and a copy one period away; "
+    "`himtm_hf.pretraining_diagnostics`; recorded since defaults v4). × from scratch: the variant's mean test MSE over "
+    "`no_pretrain`'s (the same network fine-tuned from a random start, same budget and defaults set); below 1 means "
+    "its pre-training pays."
+)
+
+
+def _ablation_section(records: list[dict[str, Any]], baselines: Baselines | None = None) -> list[str]:
+    baselines = baselines or {}
     lines = ["## Ablation (HiMTM, pre-train + fine-tune per variant; mean ± std over seeds)", ""]
     if not records:
         return lines + ["No ablation records yet.", ""]
+    lines += [f"The last two rows of each table: {_BASELINES_LEGEND}", ""]
     groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["budget"], r["device"], r["dataset"], r["prediction_length"])].append(r)
@@ -845,10 +1090,13 @@ def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
         lines += [f"### {dataset}, H={horizon}, budget `{budget}`, {device}", "",
                   f"Commands: {'; '.join(f'`{c}`' for c in commands)}. Commits: "
                   f"{', '.join(sorted({r['git_commit'] for r in rows}))}.", "", *_defaults_legend(rows),
-                  "| variant | overrides | seeds | test MSE | test MAE |", "|---|---|---|---|---|"]
+                  _ABLATION_COLUMNS, "", "| variant | overrides | seeds | pre-training skill | test MSE | "
+                  "× from scratch | test MAE |", "|---|---|---|---|---|---|---|"]
         by_variant: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
             by_variant[(himtm_defaults_version(r), r["variant"])].append(r)
+        scratch = {version: float(np.mean([x["mse"] for x in runs])) for (version, variant), runs in by_variant.items()
+                   if variant in NO_PRETRAIN_VARIANTS}
         known = {v: i for i, v in enumerate(ABLATION_VARIANTS)}
         # newest defaults set first, then the variants in ABLATION_VARIANTS order
         for version, variant in sorted(by_variant, key=lambda k: (-k[0], known.get(k[1], len(known)), k[1])):
@@ -861,18 +1109,38 @@ def _ablation_section(records: list[dict[str, Any]]) -> list[str]:
                               "encoder frozen, then everything at half the learning rate)")
             if variant in PRETRAIN_METRIC_VARIANTS:
                 overrides += f" (pre-training checkpoint chosen by the validation {PRETRAIN_METRIC_VARIANTS[variant]})"
+            skills = [x["pretrain_diagnostics"]["skill"] for x in runs if x.get("pretrain_diagnostics")]
+            ratio = (f"{np.mean([x['mse'] for x in runs]) / scratch[version]:.3f}"
+                     if version in scratch and variant not in NO_PRETRAIN_VARIANTS else "–")
             lines.append(f"| {_tag_defaults(variant, version)} | {overrides} | {len(runs)} | "
-                         f"{_mean_std([x['mse'] for x in runs])} | {_mean_std([x['mae'] for x in runs])} |")
+                         f"{_mean_std(skills) if skills else '–'} | {_mean_std([x['mse'] for x in runs])} | {ratio} | "
+                         f"{_mean_std([x['mae'] for x in runs])} |")
+        simple = _cell_baseline(baselines, dataset, rows)
+        windows = {r.get("num_test_windows") for r in rows}
+        capped = False
+        for key, label in BASELINE_LABELS.items():
+            cell = _baseline_metric_cell(simple, key, windows)
+            capped = capped or cell.endswith("†")
+            how = "closed form, no training"
+            if simple is not None and key == "linear_ridge":
+                how += f", ridge lambda {simple[key]['ridge_lambda']:g} chosen on val"
+            mse, _, mae = cell.partition(" / ")
+            lines.append(f"| {label} | {how} | – | – | {mse} | – | {mae or '–'} |")
         lines.append("")
+        lines += _baselines_provenance([simple], capped)
     return lines
 
 
-def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
+def _transfer_section(records: list[dict[str, Any]], baselines: Baselines | None = None) -> list[str]:
     """One table per (budget, device): a row per pair, horizon, protocol, fraction and seed with HiMTM and PatchTST
-    side by side, so that every compared pair of numbers comes from the same machine and budget."""
+    side by side, so that every compared pair of numbers comes from the same machine and budget, and the closed-form
+    baselines on the target's test windows."""
+    baselines = baselines or {}
     lines = ["## Transfer (pre-train on the source, fine-tune / linear-probe on the target)", ""]
     if not records:
         return lines + ["No transfer records yet.", ""]
+    lines += [f"The naive and linear (ridge) columns: {_BASELINES_LEGEND} Here on the target's test windows; the "
+              "linear forecaster is fitted on all of the target's train windows, whatever the row's fraction.", ""]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(str(r.get("budget")), str(r.get("device")))].append(r)
@@ -884,19 +1152,29 @@ def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
             cells[key][str(r.get("model"))] = r
         lines += [f"### Budget `{budget}` on {device}", "", *_defaults_legend(rows, marked=False),
                   "| source -> target | H | protocol | fraction of target train windows | HiMTM MSE | HiMTM MAE | "
-                  "PatchTST MSE | PatchTST MAE | HiMTM / PatchTST (MSE) | commits (HiMTM / PatchTST) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "PatchTST MSE | PatchTST MAE | HiMTM / PatchTST (MSE) | "
+                  + " | ".join(f"{label} MSE / MAE" for label in BASELINE_LABELS.values())
+                  + " | commits (HiMTM / PatchTST) |",
+                  "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(BASELINE_LABELS)]
         protocol_order = {"finetune": 0, "linear_probe": 1, "scratch": 2}
+        used, capped = [], False
         for key in sorted(cells, key=lambda k: (k[0], k[1], k[2], protocol_order.get(k[3], 9), k[4], k[5])):
             himtm, patchtst = cells[key].get("himtm"), cells[key].get("patchtst")
             ratio = (f"{himtm['mse'] / patchtst['mse']:.3f}" if himtm and patchtst else "–")
             commits = " / ".join(str(r["git_commit"]) if r else "–" for r in (himtm, patchtst))
+            runs = list(cells[key].values())
+            simple = _cell_baseline(baselines, key[1], runs)
+            used.append(simple)
+            simple_cells = [_baseline_metric_cell(simple, k, {r.get("test_windows") for r in runs})
+                            for k in BASELINE_LABELS]
+            capped = capped or any(cell.endswith("†") for cell in simple_cells)
             lines.append(f"| {key[0]} -> {key[1]} | {key[2]} | {key[3]} | {key[4]:g} | "
                          f"{_fmt(himtm and himtm.get('mse'))} | {_fmt(himtm and himtm.get('mae'))} | "
                          f"{_fmt(patchtst and patchtst.get('mse'))} | {_fmt(patchtst and patchtst.get('mae'))} | "
-                         f"{ratio} | {commits} |")
+                         f"{ratio} | " + " | ".join(simple_cells) + f" | {commits} |")
         commands = sorted({str(r.get("command")) for r in rows})
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", ""]
+        lines += _baselines_provenance(used, capped)
     return lines
 
 

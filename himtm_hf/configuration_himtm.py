@@ -21,6 +21,9 @@ _CSA_ATTENTIONS = ("global", "local")
 _POSITIONAL_ENCODINGS = ("learned", "sincos")
 _FORECAST_HEAD_INITS = ("normal", "zeros")
 _DISTILLATION_TARGET_NORMS = ("none", "token", "instance")
+# "drop" rather than "none": the command-line flags read the word "none" as "not given" (training/arguments.py).
+_CONTEXT_PADDINGS = ("left", "drop")
+_PRETRAINING_SCALING_STATISTICS = ("visible", "all")
 
 # Field types checked by `HiMTMConfig._check_field_types` before anything reads the values: a string such as
 # `d_model="64"` would otherwise be iterated character by character into the widths [6, 4].
@@ -29,7 +32,8 @@ _POSITIVE_INT_FIELDS = ("context_length", "prediction_length", "num_input_channe
                         "csa_num_attention_heads")
 _INT_OR_LIST_FIELDS = ("d_model", "num_layers", "num_attention_heads", "ffn_dim")
 _FLOAT_FIELDS = ("dropout", "attention_dropout", "positional_dropout", "head_dropout", "mask_ratio", "teacher_momentum",
-                 "reconstruction_loss_weight", "distillation_loss_weight", "minimum_scale", "initializer_range")
+                 "reconstruction_loss_weight", "distillation_loss_weight", "minimum_scale", "initializer_range",
+                 "pretraining_visible_scale_floor")
 _BOOL_FIELDS = ("freeze_encoder", "use_hmt", "use_ded", "use_hsd", "use_csa")
 
 
@@ -92,7 +96,16 @@ class HiMTMConfig(PretrainedConfig):
     (cross-scale attention fine-tuning).
 
     Args:
-        context_length (`int`, defaults to 512): look-back window length L.
+        context_length (`int`, defaults to 512): look-back window length L. With `context_padding="left"` any
+            length longer than one coarsest-hierarchy token (`patch_length * 2**(num_hierarchies - 1)` steps, 64
+            with the defaults) works: 96, 336 and 720 are padded to 128, 384 and 768.
+        context_padding (`str`, defaults to `"left"`): how a look-back that is not a whole number of coarsest-hierarchy
+            tokens is fitted to the patch grid. `"left"`: zeros with observed mask 0 are prepended up to the next
+            multiple of `patch_length * 2**(num_hierarchies - 1)` (`padded_context_length`); the scaler and the
+            reconstruction loss ignore them, and a length that is already a multiple runs exactly as without padding.
+            `"drop"`: the oldest `context_length mod patch_length` steps are dropped and the patch count must divide by
+            `2**(num_hierarchies - 1)` (the only behaviour before this field, and what configs saved without it load
+            with: their forecast head's size depends on the patch count).
         prediction_length (`int`, defaults to 96): forecast horizon H.
         num_input_channels (`int`, defaults to 7): number of series (channels). The model is channel-independent:
             every channel is encoded as its own univariate series with shared weights, so this only validates
@@ -101,7 +114,8 @@ class HiMTMConfig(PretrainedConfig):
         patch_stride (`int`, defaults to 16): step between patches. Must equal `patch_length` (non-overlapping)
             so that a masked patch leaks nothing to its visible neighbours.
         num_hierarchies (`int`, defaults to 3): number of HMT hierarchies; each coarser one merges 2 adjacent
-            tokens into 1, so the number of patches must be divisible by `2 ** (num_hierarchies - 1)`.
+            tokens into 1, so the number of patches must be divisible by `2 ** (num_hierarchies - 1)` (left padding
+            makes it so with `context_padding="left"`).
         d_model (`int` or `list[int]`, defaults to 128): width of each hierarchy.
         num_layers (`int` or `list[int]`, defaults to 1): transformer blocks per hierarchy.
         num_attention_heads (`int` or `list[int]`, defaults to 8): heads per hierarchy.
@@ -114,6 +128,13 @@ class HiMTMConfig(PretrainedConfig):
             first step. `"learned"`: a trainable embedding per patch from a small random init (the default before
             `sincos`, and what checkpoints saved without this field load with); at short budgets it forecasts
             worse (docs/results/NOTES.md).
+        decoder_positional_encoding_type (`str`, defaults to `"learned"`): position information that DED adds to
+            each hierarchy's visible features and mask queries. `"learned"`: a trainable embedding per token (std
+            `initializer_range` at init). `"sincos"`: a fixed sine-cosine table per hierarchy, as MAE's decoder
+            uses. Measured on ETTh1 (500 pre-training steps, docs/architecture.md) the fixed table reconstructed the
+            finest hierarchy worse (skill 0.15 against 0.33) while a linear probe forecast better from its coarsest
+            features (MSE 0.688 against 0.748); the ablation variant `decoder_pos_sincos` measures what fine-tuning
+            makes of it.
         head_dropout (`float`, defaults to 0.0): dropout before the forecast projection.
         forecast_head_init (`str`, defaults to `"normal"`): initial weights of the forecast projection (the flatten
             layer of CSA-FT). `"normal"`: std `initializer_range` like every other linear layer; flattening ~56
@@ -126,6 +147,20 @@ class HiMTMConfig(PretrainedConfig):
         decoder_num_attention_heads (`int`, defaults to 8): heads of the DED layers.
         mask_ratio (`float`, defaults to 0.5): fraction of coarsest-hierarchy tokens masked in pre-training; the
             mask is drawn at the coarsest hierarchy and broadcast to the finer ones.
+        pretraining_scaling_statistics (`str`, defaults to `"visible"`): which values give the per-instance `loc` and
+            `scale` in pre-training ([`HiMTMForPretraining`] only; forecasting always uses the whole look-back).
+            `"visible"`: the mask is drawn first and the statistics come from the observed values of the visible
+            patches, so the student is not told the masked region's mean and spread; the masked values are scaled
+            with the same statistics (the reconstruction targets), and the HSD teacher sees the same scaled window. A
+            series with fewer than `patch_length` observed visible steps falls back to all its observed values.
+            `"all"`: statistics over the whole window, masked values included (the behaviour before this field, and
+            what configs saved without it load with).
+        pretraining_visible_scale_floor (`float`, defaults to 0.5): with `pretraining_scaling_statistics="visible"`,
+            the visible part's scale is floored at this fraction of the whole window's scale (`loc` stays the visible
+            mean). Without a floor (0.0) a visible part that is constant while the masked part moves gives targets
+            of ~1e5. Measured on ~600 training windows of ETTh1, ETTh2 and ETTm1 at L = 64 and 512: the mean squared
+            scaled target over the masked steps is ~1 with `"all"`, 5e6-1e8 without a floor (all three at L = 64,
+            ETTh2 also at L = 512), and 1.3-3.3 (at most 15 for any series) with 0.5.
         teacher_type (`str`, defaults to `"shared"`): `"shared"` = the paper's stop-gradient teacher that uses the
             student's weights; `"ema"` = a separate teacher updated as `t = m * t + (1 - m) * s`.
         teacher_momentum (`float`, defaults to 0.996): `m` of the EMA teacher.
@@ -133,13 +168,16 @@ class HiMTMConfig(PretrainedConfig):
             data2vec-style; its features at the masked positions are the targets) or `"masked"` (the masked patches
             only, CAE-style). `"full"` is the default since it forecast better in every run we compared
             (docs/results.md); `"masked"` was the default before.
-        distillation_target_norm (`str`, defaults to `"token"`): how the HSD teacher's features are normalised
-            before the distillation loss, which keeps the target scale fixed: `"token"` (a LayerNorm without affine
-            over each token's features), `"instance"` (each feature standardised over the teacher's tokens of the
-            window, data2vec's choice for 1-D signals: a feature that is the same at every position then gives
-            no target, so making features position-independent cannot lower the loss) or `"none"`. The legacy
-            `normalize_distillation_targets=False` means `"none"` (and `True` the default `"token"`); passed
-            together with a contradicting `distillation_target_norm` it raises a `ValueError`.
+        distillation_target_norm (`str`, defaults to `"instance"`): how the HSD teacher's features are normalised
+            before the distillation loss, which keeps the target scale fixed: `"instance"` (each feature standardised
+            over the teacher's tokens of the window, data2vec's choice for 1-D signals: a feature that is the same at
+            every position then gives no target, so making features position-independent cannot lower the loss),
+            `"token"` (a LayerNorm without affine over each token's features; the default before defaults v4 and
+            what configs saved without this field load with: with the shared teacher the encoder collapses to
+            features that are alike at every position and reconstructs no better than the visible mean,
+            docs/architecture.md) or `"none"`. The legacy `normalize_distillation_targets=False` means `"none"`
+            (and `True` means `"token"`); passed together with a contradicting `distillation_target_norm` it raises
+            a `ValueError`.
         reconstruction_loss_weight (`float`, defaults to 1.0): weight of the patch reconstruction losses L_R.
         distillation_loss_weight (`float`, defaults to 1.0): weight of the feature distillation losses L_D.
         hierarchy_loss_weights (`list[float]`, *optional*): weight of each hierarchy's losses (normalised to sum
@@ -193,6 +231,7 @@ class HiMTMConfig(PretrainedConfig):
         attention_dropout: float = 0.0,
         positional_dropout: float = 0.0,
         positional_encoding_type: str = "sincos",
+        decoder_positional_encoding_type: str = "learned",
         head_dropout: float = 0.0,
         forecast_head_init: str = "normal",
         decoder_num_layers: int = 1,
@@ -202,7 +241,7 @@ class HiMTMConfig(PretrainedConfig):
         teacher_type: str = "shared",
         teacher_momentum: float = 0.996,
         teacher_input: str = "full",
-        distillation_target_norm: str = "token",
+        distillation_target_norm: str | None = None,
         reconstruction_loss_weight: float = 1.0,
         distillation_loss_weight: float = 1.0,
         hierarchy_loss_weights: list[float] | None = None,
@@ -219,9 +258,13 @@ class HiMTMConfig(PretrainedConfig):
         use_hsd: bool = True,
         use_csa: bool = True,
         initializer_range: float = 0.02,
+        context_padding: str = "left",
+        pretraining_scaling_statistics: str = "visible",
+        pretraining_visible_scale_floor: float = 0.5,
         **kwargs,
     ):
         self.context_length = context_length
+        self.context_padding = context_padding
         self.prediction_length = prediction_length
         self.num_input_channels = num_input_channels
         self.patch_length = patch_length
@@ -237,12 +280,15 @@ class HiMTMConfig(PretrainedConfig):
         self.attention_dropout = attention_dropout
         self.positional_dropout = positional_dropout
         self.positional_encoding_type = positional_encoding_type
+        self.decoder_positional_encoding_type = decoder_positional_encoding_type
         self.head_dropout = head_dropout
         self.forecast_head_init = forecast_head_init
         self.decoder_num_layers = decoder_num_layers
         self.decoder_d_model = decoder_d_model
         self.decoder_num_attention_heads = decoder_num_attention_heads
         self.mask_ratio = mask_ratio
+        self.pretraining_scaling_statistics = pretraining_scaling_statistics
+        self.pretraining_visible_scale_floor = pretraining_visible_scale_floor
         self.teacher_type = teacher_type
         self.teacher_momentum = teacher_momentum
         self.teacher_input = teacher_input
@@ -260,7 +306,9 @@ class HiMTMConfig(PretrainedConfig):
             )
         if legacy_normalize is False:
             distillation_target_norm = "none"
-        self.distillation_target_norm = distillation_target_norm
+        elif legacy_normalize is True and distillation_target_norm is None:
+            distillation_target_norm = "token"  # what the boolean's True meant when it existed
+        self.distillation_target_norm = "instance" if distillation_target_norm is None else distillation_target_norm
         self.reconstruction_loss_weight = reconstruction_loss_weight
         self.distillation_loss_weight = distillation_loss_weight
         self.hierarchy_loss_weights = (
@@ -285,7 +333,9 @@ class HiMTMConfig(PretrainedConfig):
     # Fields added after checkpoints were already saved, with the value those checkpoints were trained with. A saved
     # config always holds every field, so a missing one means "saved before the field existed".
     _FIELDS_ADDED_LATER = {"csa_attention": "global", "positional_encoding_type": "learned",
-                           "distillation_target_norm": "token"}
+                           "distillation_target_norm": "token", "context_padding": "drop",
+                           "decoder_positional_encoding_type": "learned",
+                           "pretraining_scaling_statistics": "all"}
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -324,14 +374,34 @@ class HiMTMConfig(PretrainedConfig):
 
     # ------------------------------------------------------------------ derived sizes
     @property
-    def num_patches(self) -> int:
-        """Patches cut from one look-back window (the finest hierarchy's token count)."""
-        return (self.context_length - self.patch_length) // self.patch_stride + 1
-
-    @property
     def effective_num_hierarchies(self) -> int:
         """Hierarchies actually built: `num_hierarchies`, or 1 when HMT is ablated."""
         return self.num_hierarchies if self.use_hmt else 1
+
+    @property
+    def coarsest_unit_length(self) -> int:
+        """Time steps under one coarsest-hierarchy token, `patch_length * 2**(hierarchies - 1)` (64 with the
+        defaults): the grid that left padding fills and the unit at which pre-training masks are drawn."""
+        return self.patch_length * 2 ** (self.effective_num_hierarchies - 1)
+
+    @property
+    def padded_context_length(self) -> int:
+        """Time steps the model cuts into patches: `context_length` rounded up to a whole number of coarsest units
+        (`context_padding="left"`; 96 -> 128 with the defaults), or down to a whole number of patches (`"drop"`)."""
+        if self.context_padding == "left":
+            unit = self.coarsest_unit_length
+            return -(-self.context_length // unit) * unit
+        return self.context_length // self.patch_length * self.patch_length
+
+    @property
+    def num_padding_steps(self) -> int:
+        """Unobserved zeros prepended to the look-back (0 with `"drop"` and when it is a whole number of units)."""
+        return max(self.padded_context_length - self.context_length, 0)
+
+    @property
+    def num_patches(self) -> int:
+        """Patches cut from one (padded) look-back window: the finest hierarchy's token count."""
+        return self.padded_context_length // self.patch_length
 
     @property
     def num_masking_units(self) -> int:
@@ -420,10 +490,49 @@ class HiMTMConfig(PretrainedConfig):
                               ("distillation_target_norm", _DISTILLATION_TARGET_NORMS), ("scaling", _SCALINGS),
                               ("prediction_loss_space", ("input", "instance")), ("head_type", _HEAD_TYPES),
                               ("csa_attention", _CSA_ATTENTIONS), ("positional_encoding_type", _POSITIONAL_ENCODINGS),
-                              ("forecast_head_init", _FORECAST_HEAD_INITS)):
+                              ("decoder_positional_encoding_type", _POSITIONAL_ENCODINGS),
+                              ("forecast_head_init", _FORECAST_HEAD_INITS), ("context_padding", _CONTEXT_PADDINGS),
+                              ("pretraining_scaling_statistics", _PRETRAINING_SCALING_STATISTICS)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise _type_error(name, f"one of {choices}", value)
+
+    def _check_context_length(self) -> None:
+        """Checks that the (padded) look-back splits into at least 2 coarsest-hierarchy tokens, which masking needs
+        (1 masked, 1 visible); the error names the context lengths, patch lengths and hierarchy counts that work."""
+        if self.context_padding not in _CONTEXT_PADDINGS:
+            raise ValueError(f"`context_padding` must be one of {_CONTEXT_PADDINGS}, got {self.context_padding!r}.")
+        factor = 2 ** (self.effective_num_hierarchies - 1)
+        unit = self.coarsest_unit_length
+        setting = (f"patch_length={self.patch_length} and num_hierarchies={self.num_hierarchies}"
+                   + ("" if self.use_hmt else " (use_hmt=False: 1 hierarchy)"))
+        if self.context_padding == "drop" and self.num_patches % factor != 0:
+            multiples = sorted({unit * k for k in (max(2, self.context_length // unit), self.context_length // unit + 1)})
+            raise ValueError(
+                f"context_length={self.context_length} with patch_length={self.patch_length} gives "
+                f"{self.num_patches} patches, which is not divisible by 2**(num_hierarchies-1) = {factor} "
+                f"(num_hierarchies={self.num_hierarchies}). With context_padding='drop' use a context_length that is "
+                f"a multiple of patch_length * {factor} (e.g. {multiples}), another patch_length or fewer hierarchies; "
+                "or context_padding='left', which pads the window on the left to the next multiple."
+            )
+        units = self.num_patches // factor
+        if units >= 2:
+            return
+        # The first length that gives 2 units, and the largest patch length / hierarchy count that do at this length.
+        shortest = unit + 1 if self.context_padding == "left" else 2 * unit
+        budget = self.context_length - 1 if self.context_padding == "left" else self.context_length // 2
+        fixes = [f"context_length >= {shortest}"]
+        if budget // factor >= 1:
+            fixes.append(f"patch_length = patch_stride <= {budget // factor}")
+        if self.use_hmt and budget // self.patch_length >= 1:
+            fixes.append(f"num_hierarchies <= {(budget // self.patch_length).bit_length()}")
+        if self.context_padding == "drop" and self.context_length > unit:
+            fixes.append("context_padding='left'")
+        raise ValueError(
+            f"context_length={self.context_length} is too short for {setting}: the coarsest hierarchy would hold "
+            f"{units} token(s) of {unit} steps (patch_length * 2**(num_hierarchies-1)) and masking needs at least 2. "
+            f"With context_padding={self.context_padding!r} use {', or '.join(fixes)}."
+        )
 
     def _validate(self) -> None:
         self._check_field_types()
@@ -445,24 +554,7 @@ class HiMTMConfig(PretrainedConfig):
                 "and merges non-overlapping patches (overlap would leak masked values into visible patches). "
                 f"Set patch_stride={self.patch_length}."
             )
-        n_hier = self.effective_num_hierarchies
-        factor = 2 ** (n_hier - 1)
-        if self.num_patches % factor != 0:
-            valid = [
-                (self.patch_length * factor * k) for k in range(max(1, self.context_length // (self.patch_length * factor)),
-                                                                 self.context_length // (self.patch_length * factor) + 2)
-            ]
-            raise ValueError(
-                f"context_length={self.context_length} with patch_length={self.patch_length} gives "
-                f"{self.num_patches} patches, which is not divisible by 2**(num_hierarchies-1) = {factor} "
-                f"(num_hierarchies={self.num_hierarchies}). Use a context_length that is a multiple of "
-                f"patch_length * {factor} (e.g. {valid}), another patch_length, or fewer hierarchies."
-            )
-        if self.num_patches // factor < 2:
-            raise ValueError(
-                f"The coarsest hierarchy would hold {self.num_patches // factor} token(s); masking needs at least 2. "
-                "Use a longer context_length, a shorter patch_length or fewer hierarchies."
-            )
+        self._check_context_length()
         specs = self.hierarchy_specs()  # raises for lists of the wrong length
         for spec in specs:
             if spec.d_model % spec.num_heads != 0:
@@ -486,6 +578,16 @@ class HiMTMConfig(PretrainedConfig):
             )
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must be in (0, 1), got {self.mask_ratio}.")
+        if self.pretraining_scaling_statistics not in _PRETRAINING_SCALING_STATISTICS:
+            raise ValueError(
+                f"`pretraining_scaling_statistics` must be one of {_PRETRAINING_SCALING_STATISTICS}, got "
+                f"{self.pretraining_scaling_statistics!r}."
+            )
+        if not 0.0 <= self.pretraining_visible_scale_floor <= 1.0:
+            raise ValueError(
+                f"`pretraining_visible_scale_floor` must be in [0, 1] (a fraction of the whole window's scale), got "
+                f"{self.pretraining_visible_scale_floor}."
+            )
         if self.teacher_type not in _TEACHERS:
             raise ValueError(f"`teacher_type` must be one of {_TEACHERS}, got {self.teacher_type!r}.")
         if not 0.0 <= self.teacher_momentum <= 1.0:
@@ -509,6 +611,11 @@ class HiMTMConfig(PretrainedConfig):
             raise ValueError(
                 f"`positional_encoding_type` must be one of {_POSITIONAL_ENCODINGS}, got "
                 f"{self.positional_encoding_type!r}."
+            )
+        if self.decoder_positional_encoding_type not in _POSITIONAL_ENCODINGS:
+            raise ValueError(
+                f"`decoder_positional_encoding_type` must be one of {_POSITIONAL_ENCODINGS}, got "
+                f"{self.decoder_positional_encoding_type!r}."
             )
         if self.forecast_head_init not in _FORECAST_HEAD_INITS:
             raise ValueError(

@@ -77,11 +77,26 @@ as are non-numeric values in a target column. So are values whose scaler statist
 not fit float32 (e.g. 1e300, whose square overflows float64; see ``SeriesScaler``), values that
 overflow float32 once standardised, and a stretch of rows missing in every column that fills a
 whole look-back window (the model refuses a window with nothing observed).
+
+Pre-training windows and multi-domain corpora
+---------------------------------------------
+Pre-training reconstructs the look-back and never reads a future, so ``load_splits(...,
+prediction_length=0)`` windows the same split rows into look-back-only windows of ``context_length``
+rows (:class:`LookbackWindowDataset`): a split of ``rows`` rows has ``rows - context_length + 1``
+windows instead of ``rows - context_length - prediction_length + 1``. Fine-tuning and evaluation keep
+:class:`ForecastWindowDataset`.
+
+:func:`load_pretraining_corpus` mixes several datasets channel-independently: each is split by its own
+protocol and standardised with its *own* train statistics, every channel of every look-back window is a
+univariate window (:class:`UnivariateWindowDataset`), train splits feed training and val splits
+validation, optionally capped per dataset (``max_windows_per_dataset``, evenly strided) so that no
+dataset dominates. ``PretrainingCorpus.save`` writes ``corpus.json`` (datasets, windows, scalers).
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import csv
 import gzip
 import json
@@ -91,7 +106,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,19 +117,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 __all__ = [
     "BENCHMARKS",
+    "CORPUS_FILE",
     "DATA_DIR_ENV",
+    "CorpusMember",
     "ForecastWindowDataset",
+    "LookbackWindowDataset",
+    "PretrainingCorpus",
     "SeriesScaler",
     "SplitData",
+    "UnivariateWindowDataset",
     "compute_borders",
     "default_data_dir",
+    "load_pretraining_corpus",
     "load_series",
     "load_splits",
+    "lookback_splits",
     "resolve_benchmark_name",
+    "select_datasets",
+    "split_dataset_list",
+    "strided_indices",
 ]
 
 DATA_DIR_ENV = "HIMTM_DATA_DIR"
@@ -919,7 +944,82 @@ class SeriesScaler:
 # ----------------------------------------------------------------------------------------------
 
 
-class ForecastWindowDataset(Dataset):
+class _SlidingWindows(Dataset):
+    """Stride-1 windows of ``window_length`` rows over one standardised split (the storage shared by the forecasting
+    and the look-back-only windows)."""
+
+    context_length: int
+    prediction_length: int
+
+    def _store(
+        self,
+        values: np.ndarray | torch.Tensor,
+        observed_mask: np.ndarray | torch.Tensor | None,
+        start: int,
+        name: str,
+    ) -> None:
+        tensor = torch.as_tensor(values)
+        if tensor.ndim != 2:
+            raise ValueError(f"values must be (rows, channels), got shape {tuple(tensor.shape)}.")
+        tensor = tensor.to(torch.float32)
+        if observed_mask is None:
+            mask = ~torch.isnan(tensor)
+        else:
+            mask = torch.as_tensor(observed_mask).to(torch.bool)
+            if mask.shape != tensor.shape:
+                raise ValueError(f"observed_mask {tuple(mask.shape)} != values {tuple(tensor.shape)}.")
+        if torch.isnan(tensor).any():
+            tensor = torch.nan_to_num(tensor, nan=0.0)
+        self.values = tensor.contiguous() if not tensor.is_contiguous() else tensor
+        self.observed_mask = mask
+        self.start = int(start)
+        self.name = name
+
+    @property
+    def window_length(self) -> int:
+        """Rows per window: ``context_length + prediction_length``."""
+        return self.context_length + self.prediction_length
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.values.shape[1])
+
+    def __len__(self) -> int:
+        return max(0, self.num_rows - self.window_length + 1)
+
+    def window_start(self, index: int) -> int:
+        """Row index, in the full series, of the first look-back row of window ``index``."""
+        return self.start + self._check_index(index)
+
+    def _check_index(self, index: int) -> int:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"window index out of range for {self.name} split with {n} windows")
+        return index
+
+    def last_fraction(self, fraction: float) -> _SlidingWindows:
+        """The same kind of dataset over the last ``max(1, ceil(fraction * N))`` of its N windows (the most recent
+        ones; the rule of ``himtm_hf.baselines.few_shot_split``); ``fraction`` 1 returns ``self``."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"The train fraction must be a number in (0, 1], got {fraction!r}.")
+        total = len(self)
+        if float(fraction) == 1.0 or total == 0:
+            return self
+        keep = min(total, max(1, math.ceil(round(float(fraction) * total, 9))))
+        offset = total - keep
+        clone = copy.copy(self)
+        clone.values, clone.observed_mask = self.values[offset:], self.observed_mask[offset:]
+        clone.start = self.start + offset
+        return clone
+
+
+class ForecastWindowDataset(_SlidingWindows):
     """Sliding windows (stride 1) over one standardised split.
 
     Item ``i`` covers rows ``[i, i + context_length + prediction_length)`` of the split and is a
@@ -950,50 +1050,13 @@ class ForecastWindowDataset(Dataset):
     ) -> None:
         if context_length < 1 or prediction_length < 1:
             raise ValueError(
-                f"context_length and prediction_length must be >= 1, got {context_length}, {prediction_length}."
+                f"context_length and prediction_length must be >= 1, got {context_length}, {prediction_length} "
+                f"(look-back-only windows for pre-training: LookbackWindowDataset)."
             )
-        tensor = torch.as_tensor(values)
-        if tensor.ndim != 2:
-            raise ValueError(f"values must be (rows, channels), got shape {tuple(tensor.shape)}.")
-        tensor = tensor.to(torch.float32)
-        if observed_mask is None:
-            mask = ~torch.isnan(tensor)
-        else:
-            mask = torch.as_tensor(observed_mask).to(torch.bool)
-            if mask.shape != tensor.shape:
-                raise ValueError(f"observed_mask {tuple(mask.shape)} != values {tuple(tensor.shape)}.")
-        if torch.isnan(tensor).any():
-            tensor = torch.nan_to_num(tensor, nan=0.0)
-        self.values = tensor.contiguous() if not tensor.is_contiguous() else tensor
-        self.observed_mask = mask
+        self._store(values, observed_mask, start, name)
         self.context_length = int(context_length)
         self.prediction_length = int(prediction_length)
-        self.start = int(start)
-        self.name = name
         self.return_future_observed_mask = return_future_observed_mask
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.values.shape[0])
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.values.shape[1])
-
-    def __len__(self) -> int:
-        return max(0, self.num_rows - self.context_length - self.prediction_length + 1)
-
-    def window_start(self, index: int) -> int:
-        """Row index, in the full series, of the first look-back row of window ``index``."""
-        return self.start + self._check_index(index)
-
-    def _check_index(self, index: int) -> int:
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"window index out of range for {self.name} split with {n} windows")
-        return index
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i = self._check_index(int(index))
@@ -1016,6 +1079,49 @@ class ForecastWindowDataset(Dataset):
         )
 
 
+class LookbackWindowDataset(_SlidingWindows):
+    """Look-back-only windows (stride 1) over one standardised split, for pre-training.
+
+    Pre-training reconstructs the look-back and never reads a future, so a window needs ``context_length`` rows, not
+    ``context_length + prediction_length``: a split of ``rows`` rows has ``rows - context_length + 1`` windows.
+    Item ``i`` covers rows ``[i, i + context_length)`` and is a dict with ``past_values`` (context_length, C) float32
+    and the boolean ``past_observed_mask`` (views into one stored tensor). ``prediction_length`` is 0.
+
+    Args:
+        values: (rows, C) standardised values; NaNs (if any) are treated as missing.
+        context_length: look-back length L.
+        observed_mask: (rows, C) booleans, True where observed; default: ``~isnan(values)``.
+        start: row index of the split's first row in the full series (for bookkeeping).
+        name: split name.
+    """
+
+    prediction_length = 0
+
+    def __init__(
+        self,
+        values: np.ndarray | torch.Tensor,
+        context_length: int,
+        observed_mask: np.ndarray | torch.Tensor | None = None,
+        start: int = 0,
+        name: str = "split",
+    ) -> None:
+        if context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {context_length}.")
+        self._store(values, observed_mask, start, name)
+        self.context_length = int(context_length)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = self._check_index(int(index))
+        end = i + self.context_length
+        return {"past_values": self.values[i:end], "past_observed_mask": self.observed_mask[i:end]}
+
+    def __repr__(self) -> str:
+        return (
+            f"LookbackWindowDataset(name={self.name!r}, rows={self.num_rows}, channels={self.num_channels}, "
+            f"context_length={self.context_length}, windows={len(self)}, start={self.start})"
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Splits
 # ----------------------------------------------------------------------------------------------
@@ -1023,12 +1129,16 @@ class ForecastWindowDataset(Dataset):
 
 @dataclass
 class SplitData:
-    """The three window datasets of one series plus the scaler and bookkeeping."""
+    """The three window datasets of one series plus the scaler and bookkeeping.
+
+    The splits are :class:`ForecastWindowDataset` s, or :class:`LookbackWindowDataset` s when the series was loaded
+    with ``prediction_length=0`` (pre-training).
+    """
 
     name: str
-    train: ForecastWindowDataset
-    val: ForecastWindowDataset
-    test: ForecastWindowDataset
+    train: ForecastWindowDataset | LookbackWindowDataset
+    val: ForecastWindowDataset | LookbackWindowDataset
+    test: ForecastWindowDataset | LookbackWindowDataset
     scaler: SeriesScaler
     columns: list[str]
     timestamps: pd.Index | None  # a DatetimeIndex, or a numeric Index for a numeric time column
@@ -1056,7 +1166,7 @@ class SplitData:
     def prediction_length(self) -> int:
         return self.train.prediction_length
 
-    def __getitem__(self, split: str) -> ForecastWindowDataset:
+    def __getitem__(self, split: str) -> ForecastWindowDataset | LookbackWindowDataset:
         if split not in _SPLITS:
             raise KeyError(f"unknown split {split!r}; use one of {_SPLITS}")
         return getattr(self, split)
@@ -1227,6 +1337,14 @@ def _check_lookbacks_observed(
             )
 
 
+def _window_rows_text(context_length: int, prediction_length: int) -> str:
+    """How many rows one window needs, in words (for the too-short messages)."""
+    if prediction_length == 0:
+        return f"context_length = {context_length} rows (a look-back-only pre-training window)"
+    return (f"context_length + prediction_length = {context_length} + {prediction_length} = "
+            f"{context_length + prediction_length} rows")
+
+
 def load_splits(
     dataset: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
@@ -1247,7 +1365,8 @@ def load_splits(
         data_dir: folder with the benchmark files (default ``$HIMTM_DATA_DIR`` or
             ``<project>/../shared/data``).
         context_length: look-back length L (val/test start L rows early).
-        prediction_length: horizon H.
+        prediction_length: horizon H; 0 gives look-back-only windows of L rows
+            (:class:`LookbackWindowDataset`, for pre-training) over the same split rows.
         timestamp_column: None = ``"date"`` if present (else a column named like a time axis, see
             :func:`load_series`), False = none, or a column name.
         target_columns: None = all numeric columns except the timestamp (and except none named like
@@ -1261,9 +1380,10 @@ def load_splits(
     Returns:
         A :class:`SplitData`.
     """
-    if int(context_length) < 1 or int(prediction_length) < 1:
+    if int(context_length) < 1 or int(prediction_length) < 0:
         raise ValueError(
-            f"context_length and prediction_length must be >= 1, got {context_length}, {prediction_length}."
+            f"context_length must be >= 1 and prediction_length >= 1 (or 0 for look-back-only pre-training "
+            f"windows), got {context_length}, {prediction_length}."
         )
     context_length, prediction_length = int(context_length), int(prediction_length)
     frame, timestamps, name = load_series(dataset, data_dir, timestamp_column, target_columns, sort_timestamps)
@@ -1286,15 +1406,15 @@ def load_splits(
                     hint = f" With these split fractions the series needs at least {minimum} rows in total."
             raise ValueError(
                 f"Series {name!r} ({n} rows) is too short: its {split} split covers rows [{start}, {end}) "
-                f"({end - start} rows) but one window needs context_length + prediction_length = "
-                f"{context_length} + {prediction_length} = {needed} rows.{hint} Use a longer series "
+                f"({end - start} rows) but one window needs {_window_rows_text(context_length, prediction_length)}"
+                f".{hint} Use a longer series "
                 f"or a smaller context_length / prediction_length."
             )
     val_rows = borders["val"][1] - borders["val"][0]
     if val_rows < needed:
         warnings.warn(
-            f"The val split of {name!r} has {val_rows} rows, fewer than context_length + "
-            f"prediction_length = {needed}: it has no windows.",
+            f"The val split of {name!r} has {val_rows} rows, fewer than the "
+            f"{_window_rows_text(context_length, prediction_length)} of one window: it has no windows.",
             stacklevel=2,
         )
 
@@ -1312,13 +1432,12 @@ def load_splits(
     mask = torch.from_numpy(observed)
 
     splits = {
-        split: ForecastWindowDataset(
-            values[start:end],
-            context_length,
-            prediction_length,
-            observed_mask=mask[start:end],
-            start=start,
-            name=split,
+        split: (
+            ForecastWindowDataset(values[start:end], context_length, prediction_length, observed_mask=mask[start:end],
+                                  start=start, name=split)
+            if prediction_length > 0
+            else LookbackWindowDataset(values[start:end], context_length, observed_mask=mask[start:end], start=start,
+                                       name=split)
         )
         for split, (start, end) in borders.items()
     }
@@ -1332,3 +1451,300 @@ def load_splits(
         timestamps=timestamps,
         borders=borders,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-domain pre-training corpora (channel-independent)
+# ----------------------------------------------------------------------------------------------
+
+
+CORPUS_FILE = "corpus.json"
+"""What a multi-domain pre-training run writes into its folder: the corpus (see :meth:`PretrainingCorpus.to_dict`)."""
+
+CORPUS_FORMAT = "himtm-pretraining-corpus"
+
+
+def split_dataset_list(datasets: str | os.PathLike[str] | Sequence[str]) -> list[str]:
+    """The dataset entries of ``--dataset``: ``"ETTh1, ETTh2,weather"`` -> ``["ETTh1", "ETTh2", "weather"]``.
+
+    A string naming an existing file stays one entry even if its name holds a comma; a list is taken as it is (each
+    item stripped). Empty entries (``"ETTh1,,ETTh2"``) are an error rather than silently dropped.
+    """
+    if isinstance(datasets, (str, os.PathLike)):
+        text = os.fspath(datasets).strip()
+        if Path(text).expanduser().is_file():
+            return [text]
+        entries = [part.strip() for part in text.split(",")]
+    else:
+        entries = [os.fspath(part).strip() for part in datasets]
+    if not entries or any(not entry for entry in entries):
+        raise ValueError(
+            f"--dataset {datasets!r} has an empty entry; give one dataset or several separated by commas, e.g. "
+            f"ETTh1,ETTh2,weather."
+        )
+    return entries
+
+
+def _entry_name(entry: str) -> str:
+    """The name a dataset entry gets without reading it: the canonical benchmark name, a file's stem or the last part
+    of a Hub id (the name :func:`load_series` gives the series)."""
+    canonical = resolve_benchmark_name(entry)
+    if canonical is not None:
+        return canonical
+    if _looks_like_path(entry) or Path(entry).expanduser().exists():
+        return _stem(Path(entry))
+    return entry.rstrip("/").split("/")[-1]
+
+
+def _matches_entry(wanted: str, entry: str) -> bool:
+    """Whether a ``--leave_out`` item names ``entry``: the entry as written, or its name (case-insensitive)."""
+    key = wanted.strip().lower()
+    canonical = resolve_benchmark_name(wanted)
+    return key in (entry.lower(), _entry_name(entry).lower()) or (
+        canonical is not None and canonical == resolve_benchmark_name(entry)
+    )
+
+
+def select_datasets(
+    datasets: str | os.PathLike[str] | Sequence[str], leave_out: str | Sequence[str] | None = None
+) -> list[str]:
+    """The entries of ``datasets`` (see :func:`split_dataset_list`) without the ones ``leave_out`` names.
+
+    ``leave_out`` (comma-separated or a list) is for leave-one-out pre-training: each item must name exactly one
+    entry, by the entry as written or its name (benchmark names case-insensitively, with aliases; a file's stem).
+
+    Raises:
+        ValueError: an entry given twice, a ``leave_out`` item that is not in the list (or names several entries),
+            or nothing left.
+    """
+    entries = split_dataset_list(datasets)
+    seen: dict[str, str] = {}
+    for entry in entries:
+        name = _entry_name(entry).lower()
+        if name in seen:
+            raise ValueError(
+                f"--dataset names {_entry_name(entry)!r} twice ({seen[name]!r} and {entry!r}); give each dataset once."
+            )
+        seen[name] = entry
+    if leave_out is None or (isinstance(leave_out, str) and not leave_out.strip()):
+        return entries
+    wanted_items = split_dataset_list(leave_out) if isinstance(leave_out, str) else [str(w) for w in leave_out]
+    removed: set[str] = set()
+    for wanted in wanted_items:
+        hits = [entry for entry in entries if _matches_entry(wanted, entry)]
+        if len(hits) != 1:
+            problem = "is not among" if not hits else f"matches {len(hits)} of"
+            raise ValueError(
+                f"--leave_out {wanted!r} {problem} the datasets {', '.join(entries)}; give the name of one of them "
+                f"(benchmark names are case-insensitive, a file is named by its stem or its path as given)."
+            )
+        removed.add(hits[0])
+    remaining = [entry for entry in entries if entry not in removed]
+    if not remaining:
+        raise ValueError(
+            f"--leave_out {leave_out!r} removes every dataset of {', '.join(entries)}; nothing is left to train on."
+        )
+    return remaining
+
+
+def strided_indices(total: int, max_items: int | None) -> np.ndarray:
+    """``range(total)``, or at most ``max_items`` evenly strided indices of it (first and last included): the rule
+    of ``himtm_hf.training.cap_windows``, so a capped dataset covers its whole time range."""
+    if max_items is None or max_items >= total:
+        return np.arange(total, dtype=np.int64)
+    return np.unique(np.linspace(0, total - 1, num=int(max_items)).round().astype(np.int64))
+
+
+class UnivariateWindowDataset(Dataset):
+    """Every channel of every window of a multivariate window dataset as a 1-channel window (channel-independent
+    pre-training), optionally an evenly strided subset of them.
+
+    Item ``k`` of the full set is channel ``k // n`` of window ``k % n`` (``n`` windows): channel-major, so an
+    evenly strided subset keeps every channel about equally often and spread over the whole split (a window-major
+    order would, for a stride that is a multiple of the channel count, pick a single channel). Items are dicts of
+    ``(context_length, 1)`` tensors with the keys of the underlying windows (``past_values``,
+    ``past_observed_mask``).
+
+    Args:
+        windows: e.g. a :class:`LookbackWindowDataset`.
+        max_windows: keep at most this many univariate windows (evenly strided); None = all.
+        name: for messages and ``repr``.
+    """
+
+    def __init__(self, windows: _SlidingWindows, max_windows: int | None = None, name: str = "split") -> None:
+        self.windows = windows
+        self.num_windows = len(windows)
+        self.num_channels = windows.num_channels
+        self.available = self.num_windows * self.num_channels
+        self.indices = strided_indices(self.available, max_windows)
+        self.name = name
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        n = len(self)
+        position = int(index) + n if int(index) < 0 else int(index)
+        if not 0 <= position < n:
+            raise IndexError(f"window index out of range for {self.name} with {n} univariate windows")
+        channel, window = divmod(int(self.indices[position]), self.num_windows)
+        item = self.windows[window]
+        return {key: value[:, channel : channel + 1] for key, value in item.items()}
+
+    def __repr__(self) -> str:
+        return (f"UnivariateWindowDataset(name={self.name!r}, windows={self.num_windows}, "
+                f"channels={self.num_channels}, used={len(self)} of {self.available})")
+
+
+@dataclass
+class CorpusMember:
+    """One dataset of a :class:`PretrainingCorpus`: its look-back splits (standardised by its own train split) and the
+    univariate train/val windows it contributes."""
+
+    entry: str
+    source: str
+    splits: SplitData
+    train: UnivariateWindowDataset
+    val: UnivariateWindowDataset
+
+    @property
+    def name(self) -> str:
+        return self.splits.name
+
+    def to_dict(self) -> dict[str, Any]:
+        borders = self.splits.borders
+        return {
+            "name": self.name,
+            "entry": self.entry,
+            "source": self.source,
+            "num_channels": self.splits.num_channels,
+            "rows": {split: int(end - start) for split, (start, end) in borders.items()},
+            "borders": {split: [int(start), int(end)] for split, (start, end) in borders.items()},
+            "windows": {
+                split: {
+                    "lookback_windows": int(part.num_windows),
+                    "available": int(part.available),
+                    "used": len(part),
+                }
+                for split, part in (("train", self.train), ("val", self.val))
+            },
+            "scaler": self.splits.scaler.to_dict(),
+        }
+
+
+@dataclass
+class PretrainingCorpus:
+    """Several datasets mixed channel-independently for pre-training (see :func:`load_pretraining_corpus`).
+
+    ``train`` / ``val`` concatenate the members' univariate windows; a model pre-trained on it has
+    ``num_input_channels = 1`` and is fine-tuned on C channels with
+    ``HiMTMForPrediction.from_pretrained(folder, num_input_channels=C, prediction_length=H)``.
+    """
+
+    members: list[CorpusMember]
+    context_length: int
+    max_windows_per_dataset: int | None = None
+    left_out: list[str] = field(default_factory=list)
+    train_fraction: float = 1.0
+
+    num_channels = 1
+
+    def __post_init__(self) -> None:
+        self.train = ConcatDataset([m.train for m in self.members])
+        self.val = ConcatDataset([m.val for m in self.members])
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``corpus.json``."""
+        cap = self.max_windows_per_dataset
+        return {
+            "format": CORPUS_FORMAT,
+            "version": 1,
+            "channel_independent": True,
+            "num_input_channels": 1,
+            "context_length": int(self.context_length),
+            "window": "look-back only: context_length rows, stride 1; every channel a univariate series",
+            "sampling": {
+                "rule": "concatenate" if cap is None else "evenly_strided_cap_per_dataset",
+                "max_windows_per_dataset": cap,
+                "unit": "univariate window (one channel of one look-back window)",
+                "applies_to": ["train", "val"],
+            },
+            "datasets": [m.to_dict() for m in self.members],
+            "left_out": list(self.left_out),
+            "train_fraction": float(self.train_fraction),
+            "total_windows": {"train": len(self.train), "val": len(self.val)},
+        }
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Writes ``<directory>/corpus.json``; returns its path."""
+        path = Path(directory) / CORPUS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+
+def load_pretraining_corpus(
+    datasets: str | os.PathLike[str] | Sequence[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    context_length: int = 512,
+    leave_out: str | Sequence[str] | None = None,
+    max_windows_per_dataset: int | None = None,
+    timestamp_column: TimestampArg = None,
+    split_fractions: Sequence[float] | None = None,
+    sort_timestamps: bool = False,
+    train_fraction: float = 1.0,
+) -> PretrainingCorpus:
+    """Loads several datasets for channel-independent pre-training.
+
+    Every entry of ``datasets`` (benchmark names, files or Hub ids; see :func:`select_datasets` for ``leave_out``)
+    is loaded with :func:`load_splits` at ``prediction_length=0`` (look-back-only windows of ``context_length``
+    rows), split by its own protocol and standardised with the statistics of its *own* train split. Every channel
+    of every window is a univariate series (channel counts may differ). Training uses the train splits only,
+    validation the val splits.
+
+    Sampling: without ``max_windows_per_dataset`` the members' univariate windows are concatenated (a dataset weighs
+    by its windows x channels: weather's 21 channels and ETTm's 15-minute rows outweigh ETTh); with it, each member
+    contributes at most that many univariate windows per split, an evenly strided subset over its windows and
+    channels, so no dataset dominates while each still covers its whole time range. ``train_fraction`` < 1 keeps
+    only the last fraction of each member's train windows (before the cap; see ``DataArguments.train_fraction``).
+    """
+    if max_windows_per_dataset is not None and int(max_windows_per_dataset) < 1:
+        raise ValueError(f"--max_windows_per_dataset must be >= 1 (or not given), got {max_windows_per_dataset}.")
+    cap = None if max_windows_per_dataset is None else int(max_windows_per_dataset)
+    all_entries = split_dataset_list(datasets)
+    entries = select_datasets(all_entries, leave_out)
+    members = []
+    for entry in entries:
+        splits = load_splits(entry, data_dir, context_length, 0, timestamp_column=timestamp_column,
+                             split_fractions=split_fractions, sort_timestamps=sort_timestamps)
+        if train_fraction != 1.0:
+            splits = _with_last_train_fraction(splits, train_fraction)
+        source = _resolve_source(entry, data_dir).location
+        members.append(CorpusMember(
+            entry=entry, source=source, splits=splits,
+            train=UnivariateWindowDataset(splits.train, cap, name=f"{splits.name} train"),
+            val=UnivariateWindowDataset(splits.val, cap, name=f"{splits.name} val"),
+        ))
+    left_out = [entry for entry in all_entries if entry not in entries]
+    return PretrainingCorpus(members, int(context_length), cap, left_out, float(train_fraction))
+
+
+def lookback_splits(load_kwargs: dict[str, Any], train_fraction: float = 1.0) -> SplitData:
+    """One series' look-back-only splits for pre-training: :func:`load_splits` with ``prediction_length=0`` (the
+    other ``load_kwargs`` as given), the train split cut to its last ``train_fraction`` of windows."""
+    splits = load_splits(**{**load_kwargs, "prediction_length": 0})
+    return _with_last_train_fraction(splits, train_fraction)
+
+
+def _with_last_train_fraction(splits: SplitData, fraction: float) -> SplitData:
+    """``splits`` whose train windows are only the last ``fraction`` (val, test and the scaler unchanged)."""
+    train = splits.train.last_fraction(fraction)
+    if train is splits.train:
+        return splits
+    borders = dict(splits.borders)
+    borders["train"] = (train.start, borders["train"][1])
+    return replace(splits, train=train, borders=borders)

@@ -73,7 +73,7 @@ AUTO_CLASS_BY_ARCHITECTURE = {
 
 # Files published by default (top level of the output folder).
 _CORE_FILES = ("config.json",)
-_OPTIONAL_FILES = ("scaler.json", "metrics.json", "run_args.json", "generation_config.json")
+_OPTIONAL_FILES = ("scaler.json", "corpus.json", "metrics.json", "run_args.json", "generation_config.json")
 _LOG_PATTERNS = ("log.jsonl", "*.log", "trainer_state.json", "all_results.json", "train_results.json",
                  "eval_results.json")
 _LOG_DIRS = ("runs", "logs")
@@ -252,6 +252,13 @@ def load_run_results(metrics: str | os.PathLike[str] | Mapping[str, Any] | Seque
     return [_result_from_record(r, source) for r in records]
 
 
+def _has_test_results(metrics: Any) -> bool:
+    """Whether a loaded metrics.json holds forecasting results (the layouts `load_run_results` reads)."""
+    if isinstance(metrics, Mapping):
+        return "test" in metrics or "results" in metrics
+    return isinstance(metrics, list) and bool(metrics)
+
+
 def _flatten(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """Nested sections (``model_args``, ``data_args``, ...) merged into one mapping; later keys win."""
     flat: dict[str, Any] = {}
@@ -384,8 +391,12 @@ def render_model_card(
             "card_template=<path to a Jinja template> (e.g. a copy of model_cards/template.md)."
         )
     config = _read_json(folder / "config.json")
-    results = load_run_results(folder / "metrics.json") if (folder / "metrics.json").is_file() else []
     metrics_raw = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+    # A pre-training's metrics.json holds diagnostics, not forecasting results: no results table for it.
+    pretraining = "HiMTMForPretraining" in (config.get("architectures") or [])
+    results = []
+    if (folder / "metrics.json").is_file() and not (pretraining and not _has_test_results(metrics_raw)):
+        results = load_run_results(folder / "metrics.json")
     if not isinstance(metrics_raw, Mapping):
         metrics_raw = {}
     run_args = _read_json(folder / "run_args.json") if (folder / "run_args.json").is_file() else {}

@@ -53,7 +53,8 @@ class HiMTMModelOutput(ModelOutput):
         hierarchy_features (`tuple(torch.FloatTensor)`): one tensor per hierarchy, finest first, of shape
             `(batch_size, num_channels, num_patches // 2**i, d_model_i)`.
         patch_input (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
-            The scaled input cut into patches.
+            The scaled input cut into patches; `num_patches = config.num_patches` covers the left-padded window
+            (`config.padded_context_length` steps, the padding 0).
         loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location used for scaling.
         scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): the embedded patches, then every transformer block's
@@ -87,12 +88,13 @@ class HiMTMForPretrainingOutput(ModelOutput):
         hierarchy_distillation_losses (`torch.FloatTensor` of shape `(num_hierarchies,)`): L_D^i, finest first.
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
             finest-hierarchy reconstruction in scaled space: model predictions at masked patches, the input at
-            visible ones.
+            visible ones. `num_patches = config.num_patches` covers the left-padded window.
         mask (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches)`): 1 = masked, 0 = visible.
         patch_input (`torch.FloatTensor` of shape `(batch_size, num_channels, num_patches, patch_length)`):
             the scaled input patches (the reconstruction target).
-        loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location.
-        scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale.
+        loc (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance location (of the visible
+            patches with `config.pretraining_scaling_statistics="visible"`).
+        scale (`torch.FloatTensor` of shape `(batch_size, 1, num_channels)`): per-instance scale (likewise).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): the student's embedded tokens and block outputs, as
             in [`HiMTMModelOutput`]; with DED the student sees the visible patches only, so `num_tokens` is the
             visible count.
@@ -272,35 +274,55 @@ class HiMTMScaler(nn.Module):
     """Per-instance, per-channel normalisation (RevIN-style without affine), computed over observed values only.
 
     `"std"`: loc = mean, scale = std; `"mean"`: loc = 0, scale = mean |x|; `None`: identity. The scale is floored at
-    `minimum_scale` so a constant series does not divide by zero.
+    `minimum_scale` so a constant series does not divide by zero. A `statistics_mask` narrows the values the
+    statistics come from (pre-training with `pretraining_scaling_statistics="visible"`: the visible patches only);
+    every observed value is still scaled with them. The scale is then also floored at
+    `pretraining_visible_scale_floor` times the scale of all observed values: a visible part that is (nearly)
+    constant while the masked part moves, common in real data (ETTh1/ETTh2/ETTm1), would otherwise give reconstruction
+    targets of ~1e5 and losses of ~1e8.
     """
 
     def __init__(self, config: HiMTMConfig):
         super().__init__()
         self.scaling = config.scaling
         self.minimum_scale = config.minimum_scale
+        self.relative_floor = config.pretraining_visible_scale_floor
 
     def forward(
-        self, values: torch.Tensor, observed_mask: torch.Tensor
+        self, values: torch.Tensor, observed_mask: torch.Tensor, statistics_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # values, observed_mask: (batch, length, channels)
+        """
+        Args:
+            values, observed_mask (`torch.Tensor` of shape `(batch, length, channels)`)
+            statistics_mask (`torch.Tensor` of shape `(batch, length, channels)`, *optional*): 1 where a value counts
+                towards `loc` and `scale`; defaults to `observed_mask`.
+        Returns:
+            scaled values `(batch, length, channels)` (0 at unobserved steps), `loc` and `scale` `(batch, 1, channels)`.
+        """
         if self.scaling is None:
             loc = torch.zeros_like(values[:, :1])
             scale = torch.ones_like(values[:, :1])
             return values, loc, scale
-        count = observed_mask.sum(dim=1, keepdim=True).clamp_min(1.0)  # (batch, 1, channels)
-        if self.scaling == "std":
-            loc = (values * observed_mask).sum(dim=1, keepdim=True) / count
-            variance = (((values - loc) * observed_mask) ** 2).sum(dim=1, keepdim=True) / count
-            scale = variance.sqrt().clamp_min(self.minimum_scale)
-        else:  # "mean"
-            loc = torch.zeros_like(values[:, :1])
-            scale = ((values.abs() * observed_mask).sum(dim=1, keepdim=True) / count).clamp_min(self.minimum_scale)
+        loc, scale = self._statistics(values, observed_mask if statistics_mask is None else statistics_mask)
+        if statistics_mask is not None and self.relative_floor > 0:
+            # Tells the student at most that the masked part spreads much more than the visible one; never its mean.
+            scale = torch.maximum(scale, self.relative_floor * self._statistics(values, observed_mask)[1])
         # Unobserved steps become 0 = the instance mean after scaling, so they carry no signal.
         scaled = (values - loc) / scale * observed_mask
         if not torch.compiler.is_compiling():  # a host read: skipped under torch.compile / torch.export
             _check_statistics(values, observed_mask, loc, scale, scaled)
         return scaled, loc, scale
+
+    def _statistics(self, values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loc` and `scale` `(batch, 1, channels)` over the values where `weights` is 1."""
+        count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # (batch, 1, channels)
+        if self.scaling == "std":
+            loc = (values * weights).sum(dim=1, keepdim=True) / count
+            variance = (((values - loc) * weights) ** 2).sum(dim=1, keepdim=True) / count
+            return loc, variance.sqrt().clamp_min(self.minimum_scale)
+        # "mean"
+        loc = torch.zeros_like(values[:, :1])
+        return loc, ((values.abs() * weights).sum(dim=1, keepdim=True) / count).clamp_min(self.minimum_scale)
 
 
 def _check_statistics(
@@ -329,6 +351,23 @@ def _check_statistics(
     )
 
 
+def pad_context(values: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Prepends `num_steps` zeros along time (`config.num_padding_steps`, `context_padding="left"`).
+
+    Applied to the scaled values and to the observed mask alike, so the padding is unobserved: scaling statistics
+    (computed before padding) and the reconstruction loss never count it. With `num_steps == 0` the input is returned
+    as is, so a look-back that is a whole number of coarsest units runs exactly as it would without padding.
+
+    Args:
+        values (`torch.Tensor` of shape `(batch, length, channels)`)
+    Returns:
+        `torch.Tensor` of shape `(batch, num_steps + length, channels)`.
+    """
+    if num_steps == 0:
+        return values
+    return F.pad(values, (0, 0, num_steps, 0))
+
+
 def patchify(values: torch.Tensor, num_patches: int, patch_length: int) -> torch.Tensor:
     """Cuts the last `num_patches * patch_length` steps into non-overlapping patches, channel-independently.
 
@@ -338,7 +377,8 @@ def patchify(values: torch.Tensor, num_patches: int, patch_length: int) -> torch
         `torch.Tensor` of shape `(batch * channels, num_patches, patch_length)`.
     """
     batch, _, channels = values.shape
-    values = values[:, values.shape[1] - num_patches * patch_length :]  # drop the oldest steps that do not fit
+    # Drop the oldest steps that do not fit (`context_padding="drop"`); a left-padded window fits exactly.
+    values = values[:, values.shape[1] - num_patches * patch_length :]
     values = values.transpose(1, 2).reshape(batch * channels, num_patches, patch_length)
     return values
 
@@ -720,7 +760,10 @@ class HiMTMPreTrainedModel(PreTrainedModel):
             init.copy_(module.position_embedding, sincos_position_table(*module.position_embedding.shape[1:]))
         elif isinstance(module, HiMTMDecoderLevel):
             init.normal_(module.mask_query, mean=0.0, std=std)
-            init.normal_(module.position_embedding, mean=0.0, std=std)
+            if module.learned_positions:
+                init.normal_(module.position_embedding, mean=0.0, std=std)
+            else:
+                init.copy_(module.position_embedding, sincos_position_table(*module.position_embedding.shape[1:]))
         elif isinstance(module, HiMTMCrossScaleHead):
             init.normal_(module.scale_embedding, mean=0.0, std=std)
         elif isinstance(module, HiMTMForecastProjection) and self.config.forecast_head_init == "zeros":
@@ -769,26 +812,55 @@ class HiMTMModel(HiMTMPreTrainedModel):
     def prepare_patches(
         self, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Validates, scales and patches the look-back window.
-
-        Floating inputs of another precision are cast to the model's dtype (float16/bfloat16/float64 into a float32
-        model); an empty batch, a batch row whose `past_observed_mask` is 0 everywhere, and values whose
-        per-instance statistics overflow the model's dtype raise a `ValueError` (see `_check_values` and
-        `_check_statistics`). A single channel without observed steps is accepted: windows over a long gap in one
-        column occur in training data, and its forecast is the instance mean (loc = 0, i.e. the data's mean after
-        standardisation).
+        """Validates, scales, pads and patches the look-back window (`check_inputs`, then `scale_and_patch`).
 
         Returns:
             patches `(batch * channels, num_patches, patch_length)` in scaled space, the observed mask cut the same
-            way, `loc` and `scale` of shape `(batch, 1, channels)`.
+            way (0 on left padding), `loc` and `scale` of shape `(batch, 1, channels)`.
+        """
+        values, observed = self.check_inputs(past_values, past_observed_mask)
+        return self.scale_and_patch(values, observed)
+
+    def check_inputs(
+        self, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validates the look-back window; returns values in the model's dtype (0 at missing steps) and the observed
+        mask, both `(batch, context_length, channels)`.
+
+        Floating inputs of another precision are cast to the model's dtype (float16/bfloat16/float64 into a float32
+        model); an empty batch and a batch row whose `past_observed_mask` is 0 everywhere raise a `ValueError` (see
+        `_check_values`). A single channel without observed steps is accepted: windows over a long gap in one column
+        occur in training data, and its forecast is the instance mean (loc = 0, i.e. the data's mean after
+        standardisation).
         """
         config = self.config
-        values, observed = _check_values(
+        return _check_values(
             "past_values", past_values, past_observed_mask, "past_observed_mask",
             config.context_length, config.num_input_channels, "context_length",
             dtype=self.dtype, require_observed=True,
         )
-        scaled, loc, scale = self.scaler(values, observed)
+
+    def scale_and_patch(
+        self, values: torch.Tensor, observed: torch.Tensor, statistics_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scales the checked window, pads it on the left to `config.padded_context_length` (`context_padding="left"`)
+        and cuts it into patches. Values whose per-instance statistics overflow the model's dtype raise a `ValueError`
+        (`_check_statistics`).
+
+        Args:
+            values, observed (`torch.Tensor` of shape `(batch, context_length, channels)`): from `check_inputs`.
+            statistics_mask (`torch.Tensor` of the same shape, *optional*): the values `loc` and `scale` come from
+                (default: every observed value); see `HiMTMScaler`.
+        Returns:
+            as `prepare_patches`.
+        """
+        config = self.config
+        scaled, loc, scale = self.scaler(values, observed, statistics_mask)
+        # Padding after scaling: the statistics never see it, and scaled zeros are the instance mean, as at any
+        # unobserved step. The encoder sees padded patches like missing ones (no attention mask), so a padded window
+        # runs the same kernels as a full one.
+        scaled = pad_context(scaled, config.num_padding_steps)  # (batch, padded_context_length, channels)
+        observed = pad_context(observed, config.num_padding_steps)
         patches = patchify(scaled, config.num_patches, config.patch_length)
         observed_patches = patchify(observed, config.num_patches, config.patch_length)
         return patches, observed_patches, loc, scale
@@ -866,6 +938,10 @@ def hierarchical_random_mask(
     Because the mask is drawn at the coarsest hierarchy, a coarse token is masked exactly when all of its fine
     patches are, and 2-to-1 merging of the visible (or the masked) patches always joins true neighbours.
 
+    The units are those of the left-padded window (`config.num_patches`). The oldest unit may hold padding and is
+    masked like any other: padding is shorter than one unit, so every unit holds real steps, and the losses leave the
+    padding out (the reconstruction counts observed elements only, the distillation tokens with an observed step).
+
     Args:
         noise (`torch.Tensor` of shape `(num_series, num_masking_units)`, *optional*): uniform noise to rank instead
             of drawing it (the units with the smallest noise are masked); lets a training loop make masks
@@ -885,6 +961,32 @@ def hierarchical_random_mask(
     ranks = noise.argsort(dim=1).argsort(dim=1)
     unit_mask = ranks < config.num_masked_units  # (num_series, units)
     return unit_mask.repeat_interleave(config.num_patches // units, dim=1)
+
+
+def visible_statistics_mask(observed: torch.Tensor, patch_mask: torch.Tensor, config: HiMTMConfig) -> torch.Tensor:
+    """The steps that give the scaling statistics with `pretraining_scaling_statistics="visible"`: observed and not
+    under a masked patch, so the student is not told the masked region's mean and spread.
+
+    A series with fewer than `patch_length` such steps (gaps in the data, or a visible part that is mostly left
+    padding, e.g. `context_length=65` with 64-step units) falls back to all its observed steps: statistics from a
+    handful of values would give a scale near its floor and reconstruction targets of ~1e5.
+
+    Args:
+        observed (`torch.Tensor` of shape `(batch, context_length, channels)`): the observed mask.
+        patch_mask (`torch.BoolTensor` of shape `(batch * channels, num_patches)`): True = masked.
+    Returns:
+        `torch.Tensor` of shape `(batch, context_length, channels)`.
+    """
+    batch, length, channels = observed.shape
+    masked = patch_mask.to(observed.dtype).repeat_interleave(config.patch_length, dim=1)  # (series, N * P)
+    masked = masked.view(batch, channels, -1).transpose(1, 2)  # (batch, padded_context_length, channels)
+    # Line the patch grid up with the window: left padding lies before it; the oldest steps that `"drop"` leaves out
+    # of every patch are never masked.
+    masked = masked[:, masked.shape[1] - length :] if masked.shape[1] >= length else pad_context(
+        masked, length - masked.shape[1])
+    visible = observed * (1.0 - masked)
+    enough = visible.sum(dim=1, keepdim=True) >= config.patch_length  # (batch, 1, channels)
+    return torch.where(enough, visible, observed)
 
 
 def mask_at_level(patch_mask: torch.Tensor, level: int) -> torch.Tensor:
@@ -920,9 +1022,16 @@ class HiMTMDecoderLevel(nn.Module):
         spec = config.hierarchy_specs()[index]
         width = config.decoder_d_model or spec.d_model
         self.input_projection = nn.Linear(spec.d_model, width) if width != spec.d_model else nn.Identity()
-        # Both drawn by `_init_weights` (std `initializer_range`), like every parameter of this module.
+        # Drawn by `_init_weights` (std `initializer_range`), like every parameter of this module.
         self.mask_query = nn.Parameter(torch.zeros(1, 1, width))
-        self.position_embedding = nn.Parameter(torch.zeros(1, spec.num_tokens, width))
+        self.learned_positions = config.decoder_positional_encoding_type == "learned"
+        if self.learned_positions:
+            self.position_embedding = nn.Parameter(torch.zeros(1, spec.num_tokens, width))  # `_init_weights`
+        else:
+            # A fixed table as in MAE's decoder (a saved buffer, as in `HiMTMPatchEmbedding`): nearby tokens get
+            # similar positions from the first step, so the queries can find their neighbours without first
+            # learning what the positions mean.
+            self.register_buffer("position_embedding", sincos_position_table(spec.num_tokens, width))
         self.layers = nn.ModuleList(
             HiMTMCrossSelfBlock(config, width, config.decoder_num_attention_heads, 2 * width)
             for _ in range(config.decoder_num_layers)
@@ -974,6 +1083,26 @@ def masked_reconstruction_loss(
     """
     weight = mask.unsqueeze(-1).to(target.dtype) * observed
     return ((reconstruction - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def masked_distillation_loss(
+    predicted: torch.Tensor, target: torch.Tensor, token_observed: torch.Tensor
+) -> torch.Tensor:
+    """MSE between predicted and teacher features over the masked tokens that cover at least one observed step.
+
+    A token with no observed step (all left padding, or a long gap) has teacher features that describe padding, not
+    data, so it is left out. When every token is observed this is exactly `F.mse_loss` (selected without a host
+    sync, so `torch.compile(fullgraph=True)` still traces it); with none observed it is 0, not NaN.
+
+    Args:
+        predicted, target (`torch.Tensor` of shape `(series, tokens, d_model)`)
+        token_observed (`torch.Tensor` of shape `(series, tokens)`): 1 = the token covers an observed step.
+    """
+    plain = F.mse_loss(predicted, target)
+    weight = token_observed.to(plain.dtype).unsqueeze(-1)  # (series, tokens, 1)
+    squared = (predicted.to(plain.dtype) - target.to(plain.dtype)) ** 2 * weight
+    weighted = squared.sum() / (weight.sum() * predicted.shape[-1]).clamp_min(1.0)
+    return torch.where(token_observed.bool().all(), plain, weighted)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1238,12 +1367,21 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         if self.training and self.hsd is not None:
             self.hsd.count_training_forward()
         batch, channels = past_values.shape[0], config.num_input_channels
-        patches, observed, loc, scale = self.model.prepare_patches(past_values, past_observed_mask)
-        num_series = patches.shape[0]  # batch * channels
+        values, observed_steps = self.model.check_inputs(past_values, past_observed_mask)  # (batch, L, channels)
+        num_series = batch * channels
 
+        # The mask is drawn before scaling so that the statistics can come from the visible patches only (scaling
+        # draws no random numbers, so the masks are those of a scale-first order).
         if mask_noise is not None:
-            mask_noise = mask_noise.to(patches.device).reshape(num_series, -1)
-        patch_mask = hierarchical_random_mask(num_series, config, patches.device, noise=mask_noise)  # (series, N)
+            mask_noise = mask_noise.to(values.device).reshape(num_series, -1)
+        patch_mask = hierarchical_random_mask(num_series, config, values.device, noise=mask_noise)  # (series, N)
+        statistics_mask = (
+            visible_statistics_mask(observed_steps, patch_mask, config)
+            if config.pretraining_scaling_statistics == "visible" else None
+        )
+        # Masked values are scaled with the same statistics (the reconstruction targets); the HSD teacher encodes
+        # these same scaled patches.
+        patches, observed, loc, scale = self.model.scale_and_patch(values, observed_steps, statistics_mask)
         visible_index, masked_index = split_indices(patch_mask, config.num_masked_patches)
         level_masks = [mask_at_level(patch_mask, i) for i in range(config.effective_num_hierarchies)]
         level_indices = [split_indices(m, config.num_masked_patches // 2**i) for i, m in enumerate(level_masks)]
@@ -1306,7 +1444,9 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
                 masked_reconstruction_loss(reconstruction, level_patches, level_masks[i], level_observed)
             )
             if teacher_features is not None:
-                dist_losses.append(F.mse_loss(predicted[i], teacher_features[i]))
+                # (series, n_masked_i): does the masked token cover an observed step (not only left padding or gaps)?
+                token_observed = _gather_tokens(level_observed.amax(dim=-1, keepdim=True), masked_idx).squeeze(-1)
+                dist_losses.append(masked_distillation_loss(predicted[i], teacher_features[i], token_observed))
             else:
                 dist_losses.append(patches.new_zeros(()))
         return torch.stack(rec_losses), torch.stack(dist_losses), reconstructions[0]

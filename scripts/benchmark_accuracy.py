@@ -5,7 +5,8 @@
     python scripts/benchmark_accuracy.py --budget quick --datasets ETTh1 --horizons 96   # CI smoke run
 
 One JSON record per (dataset, horizon, model, seed) under `docs/results/accuracy/`; `docs/results.md` is rebuilt
-from every record at the end. Cells that already have a record are kept and skipped unless `--overwrite`.
+from every record at the end. Cells that already have a record are kept and skipped unless `--overwrite`. The
+closed-form baselines of each (dataset, horizon) are written first (`scripts/benchmark_baselines.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class AccuracyArguments:
     max_test_windows: int | None = field(default=None, metadata={"help": "Override the budget's test cap."})
     himtm_variant: str = field(default="full", metadata={
         "help": "Run HiMTM as this variant of scripts/ablate.py (e.g. patch_8); tables show it as himtm@<variant>."})
+    baselines: bool = field(default=True, metadata={
+        "help": "Write the closed-form baseline records (naive, linear ridge) of the cells run, under "
+                "--results_dir/baselines/ (kept when up to date; --no_baselines: skip)."})
     overwrite: bool = field(default=False, metadata={
         "help": "Re-run cells that already have a record under --results_dir and replace it. Default: keep the record "
                 "and skip the cell, so re-running a command resumes it. A cell is (dataset, horizon, model, variant, "
@@ -60,7 +64,8 @@ def main(args: AccuracyArguments) -> None:
     changes = {"max_test_windows": args.max_test_windows} if args.max_test_windows else {}
     budget = budget_by_name(args.budget, **changes)
     run_accuracy(args.datasets, args.horizons, args.models, budget, args.seeds, Path(args.work_dir),
-                 Path(args.results_dir), args.data_dir, args.context_length, args.himtm_variant, args.overwrite)
+                 Path(args.results_dir), args.data_dir, args.context_length, args.himtm_variant, args.overwrite,
+                 args.baselines)
     print(f"wrote {regenerate_results_md(Path(args.results_dir))}")
 
 

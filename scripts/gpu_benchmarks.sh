@@ -38,8 +38,10 @@ step "${T_SPEED:-50}" speed python scripts/benchmark_speed.py --budget "$SPEED_B
 step "${T_SPEED_COMPILE:-120}" speed_compiled python scripts/benchmark_speed.py --budget "$SPEED_BUDGET" \
   --device "$SPEED_DEVICE" --batch_size 64 --context_lengths 512 --warmup 3 --compile reduce-overhead \
   --output_dir "$R/speed"
+# --no_baselines here and below: the closed-form baselines do not depend on the device; they are computed on a CPU
+# (scripts/benchmark_baselines.py) instead of spending device minutes.
 step "${T_FULL:-330}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
-  --datasets "${FULL_DATASETS[@]}" --results_dir "$R" --work_dir "$WORK/work_full"
+  --datasets "${FULL_DATASETS[@]}" --results_dir "$R" --work_dir "$WORK/work_full" --no_baselines
 # Optional: the candidate defaults for the large datasets (docs/results/NOTES.md point (13)) at the same budget, to set
 # beside the defaults' rows before they change. Off unless T_FULL_VARIANT is set: it does not fit in a 15-minute
 # session together with the steps above.
@@ -48,16 +50,16 @@ if [ -n "${T_FULL_VARIANT:-}" ]; then
   step "$T_FULL_VARIANT" acc_${FULL_BUDGET}_variant python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
     --datasets "${VARIANT_DATASETS[@]}" --models himtm \
     --himtm_variant "${FULL_VARIANT:-hsd_instance_norm_head_init_zeros}" --results_dir "$R" \
-    --work_dir "$WORK/work_full_variant"
+    --work_dir "$WORK/work_full_variant" --no_baselines
 fi
 # Optional reruns of what the CPU already has (off unless their limit is set).
 if [ -n "${T_ACC:-}" ]; then
   step "$T_ACC" acc_$ACC_BUDGET python scripts/benchmark_accuracy.py --budget "$ACC_BUDGET" --datasets ETTh1 ETTh2 \
-    --results_dir "$R" --work_dir "$WORK/work_acc"
+    --results_dir "$R" --work_dir "$WORK/work_acc" --no_baselines
 fi
 if [ -n "${T_ABL:-}" ]; then
   step "$T_ABL" ablation python scripts/ablate.py --budget "$ACC_BUDGET" --datasets ETTh1 --seeds 1 2 \
-    --results_dir "$R" --work_dir "$WORK/work_abl"
+    --results_dir "$R" --work_dir "$WORK/work_abl" --no_baselines
 fi
 if [ -n "${T_TRANSFER:-}" ]; then
   step "$T_TRANSFER" transfer python scripts/transfer.py --budget "$TRANSFER_BUDGET" \

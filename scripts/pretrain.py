@@ -2,6 +2,8 @@
 """Pre-train HiMTM (masked modelling + self-distillation) on a dataset's train split.
 
     python scripts/pretrain.py --dataset ETTh1 --output_dir outputs/pretrain-etth1 --max_steps 1000
+    # several datasets, channel-independently (num_input_channels=1, corpus.json); see also scripts/pretrain_base.py
+    python scripts/pretrain.py --dataset ETTh1,ETTh2,weather --max_windows_per_dataset 50000 --output_dir outputs/pt-mix
     accelerate launch --config_file himtm_hf/accelerate_configs/multi_gpu.yaml scripts/pretrain.py ...
     python scripts/pretrain.py args.yaml          # every argument from one JSON/YAML file
 

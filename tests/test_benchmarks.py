@@ -36,6 +36,10 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
         assert 0 < r["mse"] < 10 and 0 < r["mae"] < 10
         assert r["num_test_windows"] == 64  # the quick budget caps the test windows (and says so)
     assert any(r.get("pretrain_final_train_loss") is not None for r in records)
+    # the closed-form baselines of the cell, on every test window (not the budget's 64)
+    baseline = json.loads((results / "baselines" / "ETTh1-L512-H96.json").read_text())
+    assert baseline["naive"]["num_windows"] == baseline["linear_ridge"]["num_windows"] == 2785
+    assert baseline["linear_ridge"]["mse"] < baseline["naive"]["mse"] and "benchmark_accuracy.py" in baseline["command"]
 
     # the same command again keeps the three records and trains nothing (it resumes, it does not replace)
     written = {p: p.read_text() for p in (results / "accuracy").glob("*.json")}
@@ -43,6 +47,7 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
                  "--results_dir", str(results), "--work_dir", str(tmp_path / "work_again")).stdout
     assert again.count("kept ") == 3 and "MSE" not in again and not (tmp_path / "work_again").exists()
     assert {p: p.read_text() for p in (results / "accuracy").glob("*.json")} == written
+    assert "baselines up to date" in again and len(list((results / "baselines").glob("*.json"))) == 1
 
     # a HiMTM variant runs beside the default records (own file, own column) instead of replacing them
     _run("benchmark_accuracy.py", "--budget", "quick", "--datasets", "ETTh1", "--horizons", "96", "--models", "himtm",
@@ -53,13 +58,18 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
     assert "himtm@no_pretrain MSE / MAE" in (tmp_path / "results.md").read_text()
 
     _run("ablate.py", "--budget", "quick", "--datasets", "ETTh1", "--variants", "full", "no_hsd", "no_pretrain",
-         "select_by_reconstruction", "--seeds", "1", "--results_dir", str(results),
+         "select_by_total_loss", "--seeds", "1", "--results_dir", str(results),
          "--work_dir", str(tmp_path / "ablation"))
     ablation = {r["variant"]: r for r in (json.loads(p.read_text()) for p in (results / "ablation").glob("*.json"))}
-    assert sorted(ablation) == ["full", "no_hsd", "no_pretrain", "select_by_reconstruction"]
+    assert sorted(ablation) == ["full", "no_hsd", "no_pretrain", "select_by_total_loss"]
     assert ablation["no_pretrain"]["pretrain_steps"] == 0 and ablation["full"]["pretrain_steps"] > 0
-    # the pre-training checkpoint of select_by_reconstruction is chosen by (and records) the reconstruction loss
-    for variant, metric in (("full", "loss"), ("select_by_reconstruction", "reconstruction_loss")):
+    # every pre-training records the diagnostics of its kept weights (the table's skill column); none without one
+    diagnostics = ablation["full"]["pretrain_diagnostics"]
+    assert len(diagnostics["skill_by_hierarchy"]) == 3 and diagnostics["skill"] == diagnostics["skill_by_hierarchy"][0]
+    assert diagnostics["linear_probe_mse"] > 0 and "pretrain_diagnostics" not in ablation["no_pretrain"]
+    # the defaults keep the pre-training checkpoint with the lowest validation reconstruction loss (the distillation
+    # part's target moves with the weights); select_by_total_loss keeps the lowest total, and each records which
+    for variant, metric in (("full", "reconstruction_loss"), ("select_by_total_loss", "loss")):
         log = tmp_path / "ablation" / "ETTh1" / variant / "seed1" / "himtm-pretrain" / "log.jsonl"
         val = [r for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "val"]
         assert val and all(r["distillation_loss"] > 0 for r in val)  # so the two metrics differ
@@ -77,7 +87,13 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
     assert changed == ["no_pretrain"], changed
 
     table = (tmp_path / "results.md").read_text()
-    assert "| ETTh1 | 96 |" in table and "| no_hsd |" in table
+    assert "| ETTh1 | 96 |" in table and "| no_hsd |" in table and "× from scratch" in table
+    full_row = next(line for line in table.splitlines() if line.startswith("| full |"))
+    assert f"{diagnostics['skill']:.4f}" in full_row
+    # the baselines beside the networks, marked: the quick budget scored the networks on 64 of the test windows
+    assert "| naive (last value) MSE / MAE | linear (ridge) MSE / MAE |" in table
+    assert f"| naive (last value) | closed form, no training | – | – | {baseline['naive']['mse']:.4f} |" in table
+    assert f"{baseline['linear_ridge']['mse']:.4f} / {baseline['linear_ridge']['mae']:.4f} †" in table
     assert "benchmark_accuracy.py --budget quick" in table and "ablate.py --budget quick" in table
 
 
@@ -112,7 +128,7 @@ def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(t
     assert "| ETTh1 | 96 | 0.3000 / 0.3000 | 0.4000 / 0.4000 | 0.5000 / 0.5000 |" in text
     assert "- ETTh1: patchtst_supervised: 0.750 (met)" in text
     assert "- ETTh1 (himtm [v0]): patchtst_supervised: 1.250 (missed)" in text
-    assert "| full | `{}` | 1 | 0.3000 |" in text and "| full [v0] | `{}` | 1 | 0.5000 |" in text
+    assert "| full | `{}` | 1 | – | 0.3000 | – |" in text and "| full [v0] | `{}` | 1 | – | 0.5000 | – |" in text
     assert text.count("HiMTM defaults sets") == 2
 
 
@@ -235,7 +251,7 @@ def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
     tiny = Budget("tiny_epochs", 1, 2, batch_size=8, max_train_windows=64, max_eval_windows=32, max_test_windows=64,
                   tiny_models=True)
     (record,) = run_accuracy(["ETTh1"], [96], ["himtm"], tiny, [1], tmp_path / "work", tmp_path / "results",
-                             himtm_variant=variant)
+                             himtm_variant=variant, baselines=False)
     assert record["finetune_head_only_epochs"] == pytest.approx(0.6) and record["variant"] == variant
     head_log = tmp_path / "work" / "ETTh1" / "seed1" / variant / "himtm-H96" / "head_only" / "log.jsonl"
     assert head_log.is_file() and record["finetune_steps"] == 5 + 12  # 8 steps an epoch: ceil(4.8) + ceil(11.2)
@@ -249,7 +265,7 @@ def test_self_supervised_patchtst_head_first_shares_the_pretraining_and_trains_t
     tiny = Budget("tiny_epochs", 1, 2, batch_size=8, max_train_windows=64, max_eval_windows=32, max_test_windows=64,
                   tiny_models=True)
     records = run_accuracy(["ETTh1"], [96], ["patchtst_selfsupervised", "patchtst_selfsupervised_lp_ft"], tiny, [1],
-                           tmp_path / "work", tmp_path / "results")
+                           tmp_path / "work", tmp_path / "results", baselines=False)
     end_to_end, head_first = records
     assert (end_to_end["model"], head_first["model"]) == ("patchtst_selfsupervised", "patchtst_selfsupervised_lp_ft")
     run_dir = tmp_path / "work" / "ETTh1" / "seed1" / "full"

@@ -19,7 +19,12 @@ from transformers import (
 )
 
 from himtm_hf import HiMTMConfig, HiMTMForPrediction, HiMTMForPretraining, HiMTMModel
-from himtm_hf.modeling_himtm import hierarchical_random_mask, mask_at_level, masked_reconstruction_loss
+from himtm_hf.modeling_himtm import (
+    hierarchical_random_mask,
+    mask_at_level,
+    masked_reconstruction_loss,
+    sincos_position_table,
+)
 
 TINY = dict(
     context_length=64,
@@ -72,8 +77,8 @@ ABLATIONS = [
     {},
     {"teacher_type": "ema"},
     {"teacher_input": "masked"},
-    {"distillation_target_norm": "instance"},
-    {"distillation_target_norm": "instance", "teacher_input": "masked"},
+    {"distillation_target_norm": "token"},
+    {"distillation_target_norm": "token", "teacher_input": "masked"},
     {"distillation_target_norm": "none"},
     {"use_hmt": False},
     {"use_ded": False},
@@ -271,13 +276,16 @@ def test_config_saved_with_the_old_boolean_keeps_its_target_normalisation(tmp_pa
     model.save_pretrained(tmp_path)
     config_file = tmp_path / "config.json"
     saved = json.loads(config_file.read_text())
-    assert saved["distillation_target_norm"] == "token" and "normalize_distillation_targets" not in saved
+    assert saved["distillation_target_norm"] == "instance" and "normalize_distillation_targets" not in saved
     for old_value, expected in ((True, "token"), (False, "none")):
         legacy = {k: v for k, v in saved.items() if k != "distillation_target_norm"}
         legacy["normalize_distillation_targets"] = old_value
         config_file.write_text(json.dumps(legacy))
         assert HiMTMConfig.from_pretrained(tmp_path).distillation_target_norm == expected
     assert HiMTMConfig(normalize_distillation_targets=False).distillation_target_norm == "none"
+    # built by hand with the boolean alone: True meant per-token normalisation, not today's default
+    assert HiMTMConfig(normalize_distillation_targets=True).distillation_target_norm == "token"
+    assert HiMTMConfig().distillation_target_norm == "instance"
 
 
 @pytest.mark.parametrize("old_value, new_value", [(False, "instance"), (True, "none")])
@@ -570,7 +578,10 @@ def test_bad_masks_and_targets_raise():
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"context_length": 72}, "not divisible by 2\\*\\*\\(num_hierarchies-1\\)"),
+        ({"context_length": 72, "context_padding": "drop"}, "not divisible by 2\\*\\*\\(num_hierarchies-1\\)"),
+        ({"context_length": 16}, "coarsest hierarchy would hold 1 token.*context_length >= 17"),
+        ({"context_padding": "none"}, "context_padding"),
+        ({"pretraining_scaling_statistics": "masked"}, "pretraining_scaling_statistics"),
         ({"patch_stride": 2}, "must equal `patch_length`"),
         ({"d_model": [16, 24]}, "one int"),
         ({"d_model": 18}, "not divisible by num_attention_heads"),
@@ -776,6 +787,41 @@ def test_checkpoint_saved_before_positional_encoding_type_existed_keeps_learned_
     x = batch(2)
     torch.testing.assert_close(loaded(x).prediction_outputs, model(x).prediction_outputs)
     assert HiMTMConfig().positional_encoding_type == "sincos"
+
+
+def test_decoder_positions_sincos_are_fixed_per_hierarchy_and_old_checkpoints_keep_learned_ones(tmp_path):
+    """`decoder_positional_encoding_type="sincos"`: every DED level adds the fixed table of its own token count (a
+    buffer: pre-training does not move it, save/load keeps it); `"learned"` trains one; a checkpoint saved before the
+    field existed loads as `"learned"` with its trained values and reconstructs exactly as before."""
+    fixed = HiMTMForPretraining(tiny_config(decoder_positional_encoding_type="sincos"))
+    for level, spec in zip(fixed.ded.levels, fixed.config.hierarchy_specs()):
+        torch.testing.assert_close(level.position_embedding, sincos_position_table(spec.num_tokens, spec.d_model))
+        assert "position_embedding" not in dict(level.named_parameters())
+    before = [level.position_embedding.clone() for level in fixed.ded.levels]
+    optimizer = torch.optim.AdamW(fixed.parameters(), lr=0.1)
+    fixed(batch(4)).loss.backward()
+    optimizer.step()
+    for level, table in zip(fixed.ded.levels, before):
+        torch.testing.assert_close(level.position_embedding, table)
+    fixed.save_pretrained(tmp_path / "fixed")
+    reloaded = HiMTMForPretraining.from_pretrained(tmp_path / "fixed")
+    torch.testing.assert_close(reloaded.ded.levels[0].position_embedding, before[0])
+
+    learned = HiMTMForPretraining(tiny_config(decoder_positional_encoding_type="learned")).eval()
+    assert learned.ded.levels[0].position_embedding.requires_grad
+    learned.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["decoder_positional_encoding_type"]
+    config_file.write_text(json.dumps(saved))
+    old = HiMTMForPretraining.from_pretrained(tmp_path / "old").eval()
+    assert old.config.decoder_positional_encoding_type == "learned"
+    torch.testing.assert_close(old.ded.levels[0].position_embedding, learned.ded.levels[0].position_embedding)
+    noise = torch.rand(4, 3, old.config.num_masking_units, generator=torch.Generator().manual_seed(0))
+    x = batch(4)
+    torch.testing.assert_close(old(x, mask_noise=noise).reconstruction, learned(x, mask_noise=noise).reconstruction)
+    with pytest.raises(ValueError, match="decoder_positional_encoding_type"):
+        HiMTMConfig(decoder_positional_encoding_type="rope")
 
 
 def test_zero_forecast_head_forecasts_the_look_back_mean_and_then_learns(tmp_path):

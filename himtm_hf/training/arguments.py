@@ -206,7 +206,10 @@ class DataArguments:
     dataset: str = field(
         default="ETTh1",
         metadata={"help": "Benchmark name (ETTh1, ETTh2, ETTm1, ETTm2, weather, exchange_rate, national_illness), "
-                          "a .csv/.csv.gz/.parquet path or a Hub dataset id."},
+                          "a .csv/.csv.gz/.parquet path or a Hub dataset id. Pre-training only: several, "
+                          "comma-separated (e.g. ETTh1,ETTh2,ETTm1,ETTm2,weather), mixed channel-independently (every "
+                          "channel a univariate series, each dataset standardised by its own train split; the model "
+                          "gets num_input_channels=1)."},
     )
     data_dir: str | None = field(
         default=None, metadata={"help": "Folder with the benchmark files (default: $HIMTM_DATA_DIR or ../shared/data)."}
@@ -230,9 +233,95 @@ class DataArguments:
         metadata={"help": "Sort the rows by timestamp instead of refusing rows out of order (duplicated timestamps "
                           "are refused either way)."},
     )
+    train_fraction: float = field(
+        default=1.0,
+        metadata={"help": "Train on only the last fraction (0 < f <= 1) of the train windows, those nearest the val "
+                          "split (a short, recent history); val, test and the scaler (full train split) are unchanged. "
+                          "See himtm_hf.baselines.few_shot_split."},
+    )
+    leave_out: str | None = field(
+        default=None,
+        metadata={"help": "Pre-training on several datasets: leave these out of --dataset (comma-separated names, "
+                          "e.g. ETTh1 for a leave-one-out checkpoint); a name not in the list is an error."},
+    )
+    max_windows_per_dataset: int | None = field(
+        default=None,
+        metadata={"help": "Pre-training on several datasets: each dataset contributes at most this many univariate "
+                          "windows (one channel of one look-back window) per split, an evenly strided subset, so "
+                          "that large sets (weather, ETTm) do not dominate. Not given: every window of every dataset "
+                          "(concatenated)."},
+    )
+
+    @property
+    def is_corpus(self) -> bool:
+        """Whether `dataset` names several datasets (multi-domain pre-training)."""
+        from ..data import split_dataset_list
+
+        return len(split_dataset_list(self.dataset)) > 1
+
+    def dataset_names(self) -> list[str]:
+        """The dataset entries that are read: those of `dataset` without the `leave_out` ones."""
+        from ..data import select_datasets, split_dataset_list
+
+        return select_datasets(self.dataset, self.leave_out) if self.is_corpus else split_dataset_list(self.dataset)
+
+    def _check_one_dataset(self) -> None:
+        """Raises unless the arguments name one dataset (fine-tuning, evaluation, single-dataset pre-training)."""
+        from ..data import split_dataset_list
+
+        entries = split_dataset_list(self.dataset)
+        if len(entries) > 1:
+            raise ValueError(
+                f"--dataset {self.dataset!r} names {len(entries)} datasets; only pre-training (scripts/pretrain.py) "
+                f"mixes several. Fine-tuning and evaluation take one, e.g. --dataset {entries[0]}."
+            )
+        hints = {"leave_out": "drop it", "max_windows_per_dataset": "cap the windows with --max_train_windows"}
+        for name, hint in hints.items():
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"--{name} applies to pre-training on several datasets (--dataset A,B,...), but --dataset "
+                    f"{self.dataset!r} names one; {hint}."
+                )
+
+    def _train_fraction(self) -> float:
+        fraction = self.train_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"--train_fraction must be a number in (0, 1] (1: every train window), got {fraction!r}.")
+        return float(fraction)
+
+    def load_pretraining(self):
+        """The pre-training data: look-back-only windows of `context_length` rows (no future is read).
+
+        One dataset: its `himtm_hf.data.SplitData` (`prediction_length=0`, multivariate windows, its `scaler`).
+        Several: a `himtm_hf.data.PretrainingCorpus` (univariate windows, one scaler per dataset, `leave_out` and
+        `max_windows_per_dataset` applied). Both have `.train`, `.val` and `.num_channels`.
+        """
+        from ..data import load_pretraining_corpus, lookback_splits
+
+        fraction = self._train_fraction()
+        if not self.is_corpus:
+            self._check_one_dataset()
+            return lookback_splits(self.load_kwargs(), fraction)
+        for name in ("target_columns", "split_dates"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"--{name} names columns or dates of one dataset, but --dataset {self.dataset!r} names several; "
+                    f"leave it out (every numeric column of every dataset is used, split by its own protocol)."
+                )
+        kwargs = self._load_kwargs_unchecked()
+        return load_pretraining_corpus(
+            self.dataset, data_dir=self.data_dir, context_length=int(self.context_length), leave_out=self.leave_out,
+            max_windows_per_dataset=self.max_windows_per_dataset, timestamp_column=kwargs["timestamp_column"],
+            split_fractions=kwargs["split_fractions"], sort_timestamps=kwargs["sort_timestamps"],
+            train_fraction=fraction,
+        )
 
     def load_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `himtm_hf.data.load_splits`."""
+        """Keyword arguments for `himtm_hf.data.load_splits` (one dataset: several are an error here)."""
+        self._check_one_dataset()
+        return self._load_kwargs_unchecked()
+
+    def _load_kwargs_unchecked(self) -> dict[str, Any]:
         timestamp: Any = self.timestamp_column
         if isinstance(timestamp, str) and timestamp.strip().lower() in ("false", "no", "none"):
             timestamp = False
@@ -252,10 +341,14 @@ class DataArguments:
         }
 
     def load(self):
-        """Loads the splits (`himtm_hf.data.SplitData`)."""
+        """Loads the splits (`himtm_hf.data.SplitData`), the train split cut to its last `train_fraction`."""
+        from ..baselines import few_shot_split
         from ..data import load_splits
 
-        return load_splits(**self.load_kwargs())
+        fraction = self.train_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"--train_fraction must be a number in (0, 1] (1: every train window), got {fraction!r}.")
+        return few_shot_split(load_splits(**self.load_kwargs()), float(fraction))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -387,6 +480,31 @@ class PretrainArguments(TrainArguments):
     """Training arguments of `scripts/pretrain.py`."""
 
     output_dir: str = field(default="outputs/pretrain", metadata={"help": "Run folder of the pre-training."})
+    metric_for_best_model: str = field(
+        default="reconstruction_loss",
+        metadata={"help": "Validation loss that picks the kept weights and drives early stopping. Default: the "
+                          "masked reconstruction loss, the one pre-training loss whose target does not move with "
+                          "the weights (the distillation loss can fall while the encoder learns nothing); 'loss': "
+                          "the total."},
+    )
+    diagnostics_windows: int = field(
+        default=256,
+        metadata={"help": "Validation windows (evenly strided, fixed masks) scored at every validation for "
+                          "reconstruction skill vs trivial predictors, feature spread and a linear probe "
+                          "(himtm_hf.pretraining_diagnostics; metrics.json, pretraining_diagnostics.png). 0: off."},
+    )
+    diagnostics_period: int | None = field(
+        default=None,
+        metadata={"help": "Season length in steps for the 'period_copy' trivial predictor. Not given: the daily "
+                          "period inferred from the timestamps (hourly 24, 15-minute 96, ...); 0: none."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.diagnostics_windows < 0:
+            raise ValueError(f"--diagnostics_windows must be >= 0 (0: off), got {self.diagnostics_windows}.")
+        if self.diagnostics_period is not None and self.diagnostics_period < 0:
+            raise ValueError(f"--diagnostics_period must be >= 0 (0: none), got {self.diagnostics_period}.")
 
 
 @dataclass

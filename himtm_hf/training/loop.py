@@ -53,6 +53,7 @@ __all__ = [
     "RUN_KIND",
     "RUN_LAYOUT",
     "EpochShuffleSampler",
+    "EvalCallback",
     "JsonlLogger",
     "TrainResult",
     "TrainerState",
@@ -81,6 +82,7 @@ LOG_FILE = "log.jsonl"
 RUN_ARGS_FILE = "run_args.json"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "forecast_plot.png"
+DIAGNOSTICS_PLOT_FILE = "pretraining_diagnostics.png"  # pre-training: `himtm_hf.pretraining_diagnostics`
 HEAD_ONLY_DIR = "head_only"  # the first phase of `train_head_then_model`
 LAYOUT_FILES = (
     "config.json",
@@ -95,9 +97,11 @@ LAYOUT_FILES = (
     CHECKPOINTS_DIR,
 )
 """Names a run writes in its output folder."""
-RUN_LAYOUT = (*LAYOUT_FILES, HEAD_ONLY_DIR)
+CORPUS_FILE = "corpus.json"  # multi-domain pre-training only (himtm_hf.data.CORPUS_FILE)
+RUN_LAYOUT = (*LAYOUT_FILES, HEAD_ONLY_DIR, CORPUS_FILE, DIAGNOSTICS_PLOT_FILE)
 """What a run folder's marker lists: `--overwrite_output_dir` removes exactly these (`HEAD_ONLY_DIR` only
-`--head_only_epochs` runs write), nothing else."""
+`--head_only_epochs` runs write, `CORPUS_FILE` only multi-domain pre-training, `DIAGNOSTICS_PLOT_FILE` only
+pre-training), nothing else."""
 RUN_KIND = "run"
 """The marker kind of training run folders (pre-training, fine-tuning, `train_model`)."""
 
@@ -619,6 +623,34 @@ def _validation_losses(
     return {name: float(sums[i]) / count for i, name in enumerate(names) if name in present or name == "loss"}
 
 
+EvalCallback = Callable[[PreTrainedModel, int], dict[str, float] | None]
+"""`eval_callback(model, step) -> {name: number}` of [`train_model`]: extra numbers for each validation record."""
+
+
+def _eval_callback_numbers(
+    callback: EvalCallback | None, model: torch.nn.Module, step: int, losses: Collection[str]
+) -> dict[str, float]:
+    """Runs `callback` on the unwrapped model and returns its numbers for the validation record.
+
+    The model's mode is restored afterwards (the callback may switch it to eval) so the next training step runs as it
+    would have without the callback; names that would overwrite a field of the record are refused, since a silently
+    replaced `loss` would change which weights are kept.
+    """
+    if callback is None:
+        return {}
+    was_training = model.training
+    try:
+        numbers = callback(model, step) or {}
+    finally:
+        model.train(was_training)
+    reserved = {"step", "epoch", "split", "best", "best_val_loss", *losses}
+    clashes = sorted(set(numbers) & reserved)
+    if clashes:
+        raise ValueError(f"eval_callback returned {clashes}, which are fields of the validation record; rename them "
+                         "(e.g. with a prefix such as 'diag_').")
+    return {str(k): float(v) for k, v in numbers.items()}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------------------------------
@@ -702,6 +734,7 @@ def train_model(
     is_pretraining: bool = False,
     prepare_output: bool = True,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    eval_callback: EvalCallback | None = None,
 ) -> TrainResult:
     """Trains `model` with AdamW + warm-up/decay, gradient accumulation and clipping, early stopping on the
     validation loss (`train_args.metric_for_best_model`, the total by default), best-weights restore and resumable
@@ -725,6 +758,10 @@ def train_model(
         prepare_output: check, create and hold (lock) the output folder for the run ([`claim_run_dir`]); pass False
             if the caller holds it already.
         collate_fn: DataLoader collate function (default: torch's default collate).
+        eval_callback: called as `eval_callback(unwrapped_model, step)` at every validation, after the validation
+            losses, on every process (it must be deterministic: only the main process logs); the flat numbers it
+            returns join that validation's `"val"` record in `log.jsonl` (e.g. `himtm_hf.pretraining_diagnostics`).
+            The model's train/eval mode is restored after it.
 
     Returns:
         [`TrainResult`]; `result.model` is unwrapped and holds the best validation weights.
@@ -735,10 +772,12 @@ def train_model(
             "Pass an Accelerator with gradient_accumulation_steps=1; use train_args.gradient_accumulation_steps."
         )
     if not prepare_output:
-        return _train(model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn)
+        return _train(model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn,
+                      eval_callback)
     resume = bool(train_args.resume_from_checkpoint)
     with claim_run_dir(train_args.output_dir, train_args.overwrite_output_dir, resume, accelerator):
-        return _train(model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn)
+        return _train(model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn,
+                      eval_callback)
 
 
 def _train(
@@ -749,6 +788,7 @@ def _train(
     accelerator: Accelerator,
     is_pretraining: bool,
     collate_fn: Callable[[list[Any]], Any] | None,
+    eval_callback: EvalCallback | None = None,
 ) -> TrainResult:
     """The loop of [`train_model`], in a run folder that is already prepared (and held)."""
     start_time = time.time()
@@ -857,8 +897,10 @@ def _train(
         patience = train_args.early_stopping_patience
         if patience > 0 and state.evals_without_improvement >= patience:
             state.should_stop = True
+        extra = _eval_callback_numbers(eval_callback, unwrapped, step, losses)
         run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="val",
-                       **{k: float(v) for k, v in losses.items()}, best=improved, best_val_loss=state.best_val_loss)
+                       **{k: float(v) for k, v in losses.items()}, best=improved, best_val_loss=state.best_val_loss,
+                       **extra)
         if show:
             progress.set_postfix({"val_" + metric: f"{val_loss:.4f}"})
 

@@ -6,8 +6,9 @@ Each function writes one run folder (layout in `docs/training.md`):
     <output_dir>/scaler.json        train-split standardisation (SeriesScaler.save)
     <output_dir>/run_args.json      every argument + the command line
     <output_dir>/log.jsonl          one JSON object per logging event
-    <output_dir>/metrics.json       fine-tuning / evaluation: test and val MSE/MAE
+    <output_dir>/metrics.json       fine-tuning / evaluation: test and val MSE/MAE; pre-training: diagnostics
     <output_dir>/forecast_plot.png  fine-tuning / evaluation: a few test forecasts vs truth
+    <output_dir>/pretraining_diagnostics.png  pre-training: skill, feature spread and linear probe over steps
     <output_dir>/checkpoints/       complete checkpoints (step-N), with --save_steps
     <output_dir>/.himtm-run.json    the marker: what the run wrote (what --overwrite_output_dir may remove)
 
@@ -36,8 +37,10 @@ from torch.utils.data import Dataset, default_collate
 from transformers import AutoConfig, AutoModelForTimeSeriesPrediction, PreTrainedModel
 
 from ..configuration_himtm import HiMTMConfig
+from ..data import PretrainingCorpus
 from ..modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
 from ..output_folders import claim_output_dir
+from ..pretraining_diagnostics import PretrainingDiagnostics, plot_pretraining_diagnostics, seasonal_period
 from .arguments import (
     SHARED_WITH_DATA,
     DataArguments,
@@ -47,6 +50,8 @@ from .arguments import (
     PretrainArguments,
 )
 from .loop import (
+    DIAGNOSTICS_PLOT_FILE,
+    LOG_FILE,
     METRICS_FILE,
     PLOT_FILE,
     RUN_ARGS_FILE,
@@ -86,14 +91,19 @@ logger = logging.getLogger(__name__)
 
 
 def data_inputs(data_args: Any) -> list[tuple[str, Any]]:
-    """The local data a run reads, as `(role, path)`: the data file if `dataset` is a path, else the folder the
-    benchmark files come from (`data_dir`, `$HIMTM_DATA_DIR` or the default)."""
-    from ..data import default_data_dir
+    """The local data a run reads, as `(role, path)`: for every dataset it names (several for multi-domain
+    pre-training), the data file if it is a path, else the folder the benchmark files come from (`data_dir`,
+    `$HIMTM_DATA_DIR` or the default), once."""
+    from ..data import default_data_dir, split_dataset_list
 
-    dataset = Path(str(data_args.dataset)).expanduser()
-    if dataset.exists():
-        return [("data file", dataset)]
-    return [("data folder", data_args.data_dir if data_args.data_dir is not None else default_data_dir())]
+    inputs: list[tuple[str, Any]] = []
+    for entry in split_dataset_list(str(data_args.dataset)):  # left-out entries too: stricter, never looser
+        dataset = Path(entry).expanduser()
+        pair = (("data file", dataset) if dataset.exists() else
+                ("data folder", data_args.data_dir if data_args.data_dir is not None else default_data_dir()))
+        if pair not in inputs:
+            inputs.append(pair)
+    return inputs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -293,36 +303,134 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 def pretrain(model_args: ModelArguments, data_args: DataArguments, train_args: PretrainArguments) -> Path:
     """Pre-trains `HiMTMForPretraining` on the train split of `data_args` (validation on the val split) and saves it.
 
+    The windows are look-back only (`context_length` rows; pre-training reads no future). A `dataset` naming several
+    datasets (comma-separated) is a channel-independent corpus (`DataArguments.load_pretraining`): the model gets
+    `num_input_channels=1` and the folder a `corpus.json` instead of `scaler.json`.
+
     Args:
         model_args: a `ModelArguments` (any HiMTMConfig field; not given = config default).
         data_args: dataset, window lengths and split options.
         train_args: a `PretrainArguments` (any `TrainArguments` works).
 
     Returns:
-        The output folder: `config.json`, `model.safetensors`, the two code files, `scaler.json`, `run_args.json`,
-        `log.jsonl` (and `checkpoints/` with `--save_steps`).
+        The output folder: `config.json`, `model.safetensors`, the two code files, `scaler.json` (one dataset) or
+        `corpus.json` (several), `run_args.json`, `log.jsonl`, `metrics.json` and `pretraining_diagnostics.png`
+        (`himtm_hf.pretraining_diagnostics`, at every validation unless `--diagnostics_windows 0`), and
+        `checkpoints/` with `--save_steps`.
     """
     accelerator = make_accelerator(train_args)
-    splits = data_args.load()  # bad dataset arguments fail before the output folder is touched
+    # Look-back-only windows: a SplitData (one dataset) or a PretrainingCorpus (several, univariate windows). Bad
+    # dataset arguments fail here, before the output folder is touched.
+    splits = data_args.load_pretraining()
     with claim_run_dir(train_args.output_dir, train_args.overwrite_output_dir, bool(train_args.resume_from_checkpoint),
                        accelerator, inputs=data_inputs(data_args)) as output_dir:
         if train_args.resume_from_checkpoint:  # a missing or incomplete checkpoint fails before anything is written
             find_checkpoint(output_dir, train_args.resume_from_checkpoint)
         set_seed(train_args.seed)
-        config = build_config(model_args, data_args, len(splits.columns))
+        config = build_config(model_args, data_args, splits.num_channels)
         model = HiMTMForPretraining(config)
         write_run_args(output_dir, accelerator, model_args=model_args, data_args=data_args, train_args=train_args,
                        config=config.to_dict(), script="pretrain")
+        diagnostics = _pretraining_diagnostics(train_args, data_args, splits)
         result = train_model(model, splits.train, splits.val, train_args, accelerator, is_pretraining=True,
-                             prepare_output=False)
+                             prepare_output=False, eval_callback=diagnostics)
         if accelerator.is_main_process:
             result.model.save_pretrained(output_dir)
-            splits.scaler.save(output_dir)
+            if isinstance(splits, PretrainingCorpus):
+                splits.save(output_dir)  # corpus.json: every dataset's windows and its own scaler
+            else:
+                splits.scaler.save(output_dir)
+            summary = _write_pretraining_metrics(output_dir, result, train_args, data_args, splits, diagnostics)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         logger.info("Pre-training done: %d steps, best val %s %s (step %s) -> %s", result.global_step,
                     train_args.metric_for_best_model, result.best_val_loss, result.best_step, output_dir)
+        print(summary, flush=True)
     return output_dir
+
+
+def _probe_windows(splits: Any, prediction_length: int) -> tuple[Dataset, Dataset] | None:
+    """Forecasting windows (`prediction_length` ahead) over the rows of the pre-training train and val splits, for
+    the diagnostics' linear probe. Pre-training windows are look-back only, so they are re-cut from the splits'
+    stored rows; `None` (probe skipped) when the splits do not hold rows (a multi-dataset corpus) or are too short."""
+    from ..data import ForecastWindowDataset
+
+    probe = []
+    for name in ("train", "val"):
+        split = getattr(splits, name, None)
+        values, observed = getattr(split, "values", None), getattr(split, "observed_mask", None)
+        if not isinstance(values, torch.Tensor) or not isinstance(observed, torch.Tensor) or prediction_length < 1:
+            return None
+        windows = ForecastWindowDataset(values, int(split.context_length), int(prediction_length),
+                                        observed_mask=observed, start=int(split.start), name=f"probe {name}")
+        if len(windows) == 0:
+            return None
+        probe.append(windows)
+    return probe[0], probe[1]
+
+
+def _pretraining_diagnostics(train_args: Any, data_args: DataArguments, splits: Any) -> PretrainingDiagnostics | None:
+    """The diagnostics run at every validation (`--diagnostics_windows`, 0: none) on the pre-training val windows:
+    masks seeded by the run's seed, the period from `--diagnostics_period` or the timestamps, the linear probe on
+    `--prediction_length` forecasting windows when the data allows."""
+    windows = int(getattr(train_args, "diagnostics_windows", 0) or 0)
+    val = getattr(splits, "val", None)
+    if windows <= 0 or val is None or len(val) == 0:
+        return None
+    period = getattr(train_args, "diagnostics_period", None)
+    period = seasonal_period(getattr(splits, "timestamps", None)) if period is None else (int(period) or None)
+    return PretrainingDiagnostics(val, num_windows=windows, seed=int(train_args.seed), period=period,
+                                  batch_size=int(train_args.per_device_eval_batch_size),
+                                  probe=_probe_windows(splits, int(data_args.prediction_length)))
+
+
+def _write_pretraining_metrics(
+    output_dir: Path, result: Any, train_args: Any, data_args: DataArguments, splits: Any,
+    diagnostics: PretrainingDiagnostics | None,
+) -> str:
+    """Writes the pre-training's `metrics.json` (diagnostics of the kept weights, every validation record of
+    `log.jsonl`, best step and loss) and `pretraining_diagnostics.png`; returns a one-line summary."""
+    history = [r for r in _read_log(output_dir) if r.get("split") == "val"]  # the whole run, also when resumed
+    final = diagnostics.diagnose(result.model) if diagnostics is not None else None
+    seconds = diagnostics.seconds if diagnostics is not None else []
+    probe = diagnostics is not None and diagnostics.kwargs["probe"] is not None
+    name = getattr(splits, "name", None) or ",".join(getattr(splits, "names", [])) or str(data_args.dataset)
+    metrics = {
+        "kind": "pretraining",
+        "dataset": name,
+        "context_length": int(data_args.context_length),
+        "probe_prediction_length": int(data_args.prediction_length) if probe else None,
+        "steps": result.global_step, "epochs": result.epochs, "stopped_early": result.stopped_early,
+        "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+        "metric_for_best_model": train_args.metric_for_best_model,
+        "diagnostics": final,
+        "diagnostics_seconds_per_evaluation": float(np.mean(seconds)) if seconds else None,
+        "history": history,
+    }
+    _write_json(output_dir / METRICS_FILE, metrics)
+    plot_pretraining_diagnostics(history, output_dir / DIAGNOSTICS_PLOT_FILE,
+                                 title=f"{name} pre-training diagnostics (L={data_args.context_length})")
+    return _diagnostics_summary(final, result.best_step, metrics["diagnostics_seconds_per_evaluation"])
+
+
+def _read_log(output_dir: Path) -> list[dict[str, Any]]:
+    path = output_dir / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _diagnostics_summary(final: dict[str, Any] | None, best_step: int | None, seconds: float | None) -> str:
+    """One line for the end of a pre-training: finest skill, best trivial predictor, linear probe."""
+    if final is None:
+        return "Pre-training diagnostics: none (no validation windows, or --diagnostics_windows 0)."
+    text = (f"Pre-training diagnostics (weights of step {best_step}): finest skill {final['skill']:.3f} "
+            f"(L_R {final['hierarchy'][0]['reconstruction']:.4f} vs best trivial {final['best_trivial_predictor']} "
+            f"{final['best_trivial']:.4f})")
+    if final.get("linear_probe_mse") is not None:
+        text += (f"; linear probe MSE {final['linear_probe_mse']:.4f} (look-back ridge "
+                 f"{final['linear_probe_lookback_mse']:.4f}, instance mean {final['linear_probe_mean_mse']:.4f})")
+    return text + (f"; {seconds:.2f} s per evaluation" if seconds is not None else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
