@@ -319,12 +319,16 @@ def pretrain_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
 
     start = time.time()
     data_args = _data_args(budget, dataset, data_dir)
+    # HiMTM keeps the weights of its lowest validation reconstruction loss (PretrainArguments' default); PatchTST
+    # reports one loss, its reconstruction loss.
     train_args = _train_args(training.PretrainArguments, budget, output_dir, budget.pretrain_steps,
-                             budget.pretrain_learning_rate, seed, use_cpu)
+                             budget.pretrain_learning_rate, seed, use_cpu,
+                             **({} if model == "himtm" else {"metric_for_best_model": "loss"}))
     if model == "himtm":
         path = training.pretrain(training.ModelArguments(**budget.himtm), data_args, train_args)
         log = [json.loads(line) for line in (Path(path) / "log.jsonl").read_text().splitlines() if line.strip()]
-        val = [r["loss"] for r in log if r.get("split") == "val" and "loss" in r]
+        metric = train_args.metric_for_best_model
+        val = [r[metric] for r in log if r.get("split") == "val" and metric in r]
         info = {"best_val_loss": min(val) if val else None}
     else:
         from accelerate.utils import set_seed
