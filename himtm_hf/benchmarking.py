@@ -584,9 +584,15 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "hsd_token_norm": {"distillation_target_norm": "token"},
     "scaling_all": {"pretraining_scaling_statistics": "all"},
     "decoder_pos_sincos": {"decoder_positional_encoding_type": "sincos"},
+    # `width_128` fine-tuned from a random start: its own reference for "does pre-training pay?". Pre-training paid on
+    # ETTm1 (d_model 128) and not on ETTh1 / ETTh2 (d_model 64) at defaults v4 (NOTES, "Does pre-training pay?").
+    "width_128_no_pretrain": {"d_model": 128, "num_attention_heads": 16, "decoder_num_attention_heads": 16,
+                              "csa_num_attention_heads": 16, "ffn_dim": 256},
 }
-# Variants fine-tuned from a random initialisation instead of their own pre-training.
-NO_PRETRAIN_VARIANTS = {"no_pretrain"}
+# Variants fine-tuned from a random initialisation instead of their own pre-training, and the pre-trained variant each
+# is the reference of (the ablation tables' "× from scratch" column).
+NO_PRETRAIN_VARIANTS = {"no_pretrain", "width_128_no_pretrain"}
+SCRATCH_REFERENCE = {"width_128": "width_128_no_pretrain"}  # every other variant: "no_pretrain"
 # What `scripts/ablate.py` runs unless told otherwise: the paper's ablation table (each of its four parts removed)
 # and the two sweeps. The other variants are diagnostics and recipe candidates, run by name.
 PAPER_ABLATION_VARIANTS: list[str] = ["full", "no_hmt", "no_ded", "no_hsd", "no_csa", "hierarchies_1", "hierarchies_2",
@@ -1071,8 +1077,8 @@ _ABLATION_COLUMNS = (
     "Pre-training skill: `1 - L_R / best trivial` of the kept pre-training at the finest hierarchy, on 256 validation "
     "windows with fixed masks (> 0: better than the visible mean, interpolation and a copy one period away; "
     "`himtm_hf.pretraining_diagnostics`; recorded since defaults v4). × from scratch: the variant's mean test MSE over "
-    "`no_pretrain`'s (the same network fine-tuned from a random start, same budget and defaults set); below 1 means "
-    "its pre-training pays."
+    "`no_pretrain`'s (the same network fine-tuned from a random start, same budget and defaults set; "
+    "`width_128_no_pretrain` for `width_128`); below 1 means its pre-training pays."
 )
 
 
@@ -1095,8 +1101,8 @@ def _ablation_section(records: list[dict[str, Any]], baselines: Baselines | None
         by_variant: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
             by_variant[(himtm_defaults_version(r), r["variant"])].append(r)
-        scratch = {version: float(np.mean([x["mse"] for x in runs])) for (version, variant), runs in by_variant.items()
-                   if variant in NO_PRETRAIN_VARIANTS}
+        scratch = {key: float(np.mean([x["mse"] for x in runs])) for key, runs in by_variant.items()
+                   if key[1] in NO_PRETRAIN_VARIANTS}
         known = {v: i for i, v in enumerate(ABLATION_VARIANTS)}
         # newest defaults set first, then the variants in ABLATION_VARIANTS order
         for version, variant in sorted(by_variant, key=lambda k: (-k[0], known.get(k[1], len(known)), k[1])):
@@ -1110,8 +1116,9 @@ def _ablation_section(records: list[dict[str, Any]], baselines: Baselines | None
             if variant in PRETRAIN_METRIC_VARIANTS:
                 overrides += f" (pre-training checkpoint chosen by the validation {PRETRAIN_METRIC_VARIANTS[variant]})"
             skills = [x["pretrain_diagnostics"]["skill"] for x in runs if x.get("pretrain_diagnostics")]
-            ratio = (f"{np.mean([x['mse'] for x in runs]) / scratch[version]:.3f}"
-                     if version in scratch and variant not in NO_PRETRAIN_VARIANTS else "–")
+            reference = (version, SCRATCH_REFERENCE.get(variant, "no_pretrain"))
+            ratio = (f"{np.mean([x['mse'] for x in runs]) / scratch[reference]:.3f}"
+                     if reference in scratch and variant not in NO_PRETRAIN_VARIANTS else "–")
             lines.append(f"| {_tag_defaults(variant, version)} | {overrides} | {len(runs)} | "
                          f"{_mean_std(skills) if skills else '–'} | {_mean_std([x['mse'] for x in runs])} | {ratio} | "
                          f"{_mean_std([x['mae'] for x in runs])} |")

@@ -330,3 +330,23 @@ def test_committed_results_md_is_regenerated_from_the_committed_records(tmp_path
     assert fresh == committed.read_text(), (
         "docs/results.md is out of date: run `python -c \"from himtm_hf.benchmarking import regenerate_results_md; "
         "regenerate_results_md()\"` and commit it.")
+
+
+def test_ablation_ratio_to_scratch_uses_each_variants_own_reference(tmp_path):
+    """"× from scratch": a pre-trained variant over the random-start run of the same network (`width_128` over
+    `width_128_no_pretrain`, everything else over `no_pretrain`), within one defaults set; the skill column reads the
+    recorded diagnostics, and a row without any shows a dash."""
+    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+
+    common = {"dataset": "ETTh1", "prediction_length": 96, "budget": "cpu_long", "budget_detail": {"name": "cpu_long"},
+              "seed": 1, "device": "CPU", "device_kind": "cpu", "git_commit": "abc", "command": "cmd",
+              "model": "himtm", "himtm_defaults": HIMTM_DEFAULTS_VERSION, "overrides": {}, "mae": 0.4}
+    for variant, mse, skill in (("full", 0.40, 0.2), ("no_pretrain", 0.50, None), ("width_128", 0.30, 0.3),
+                                ("width_128_no_pretrain", 0.25, None)):
+        extra = {"pretrain_diagnostics": {"skill": skill}} if skill is not None else {}
+        write_record(tmp_path / "results", "ablation", {**common, "variant": variant, "mse": mse, **extra})
+    text = regenerate_results_md(tmp_path / "results", tmp_path / "results.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["full"][3:6] == ["0.2000", "0.4000", "0.800"]
+    assert rows["width_128"][3:6] == ["0.3000", "0.3000", "1.200"]
+    assert rows["no_pretrain"][3] == "–" and rows["no_pretrain"][5] == "–"
