@@ -398,7 +398,7 @@ def _diagnostics_section(folder: Path) -> list[str]:
 
 
 def _provenance_section(run_args: dict[str, Any]) -> list[str]:
-    from .benchmarking import device_name, git_commit
+    from .benchmarks.records import device_name, git_commit
 
     env = run_args.get("environment") or {}
     return [

@@ -127,7 +127,7 @@ class HiMTMConfig(PretrainedConfig):
             `"sincos"`: a fixed sine-cosine table (centred, std 0.1, as PatchTST builds it), informative from the
             first step. `"learned"`: a trainable embedding per patch from a small random init (the default before
             `sincos`, and what checkpoints saved without this field load with); at short budgets it forecasts
-            worse (docs/results/NOTES.md).
+            worse (docs/findings.md).
         decoder_positional_encoding_type (`str`, defaults to `"learned"`): position information that DED adds to
             each hierarchy's visible features and mask queries. `"learned"`: a trainable embedding per token (std
             `initializer_range` at init). `"sincos"`: a fixed sine-cosine table per hierarchy, as MAE's decoder
@@ -140,7 +140,7 @@ class HiMTMConfig(PretrainedConfig):
             layer of CSA-FT). `"normal"`: std `initializer_range` like every other linear layer; flattening ~56
             layer-normed tokens through it starts fine-tuning from random forecasts of ~1.8 standard deviations.
             `"zeros"`: a fresh head forecasts each channel's look-back mean (the instance normalisation's `loc`).
-            Which is better depends on the data (docs/results/NOTES.md, point (10)): zeros fits faster, which helped
+            Which is better depends on the data (docs/findings.md, finding 10): zeros fits faster, which helped
             on ETTm1, over-fitted ETTh2 and was mixed on ETTh1 at the `cpu` budget.
         decoder_num_layers (`int`, defaults to 1): DED regressor layers (cross-self attention) per hierarchy.
         decoder_d_model (`int`, *optional*): DED width; `None` uses each hierarchy's own width.

@@ -132,6 +132,7 @@ __all__ = [
     "UnivariateWindowDataset",
     "compute_borders",
     "default_data_dir",
+    "few_shot_split",
     "load_pretraining_corpus",
     "load_series",
     "load_splits",
@@ -1005,7 +1006,7 @@ class _SlidingWindows(Dataset):
 
     def last_fraction(self, fraction: float) -> _SlidingWindows:
         """The same kind of dataset over the last ``max(1, ceil(fraction * N))`` of its N windows (the most recent
-        ones; the rule of ``himtm_hf.baselines.few_shot_split``); ``fraction`` 1 returns ``self``."""
+        ones; the rule of :func:`few_shot_split`); ``fraction`` 1 returns ``self``."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"The train fraction must be a number in (0, 1], got {fraction!r}.")
         total = len(self)
@@ -1748,3 +1749,32 @@ def _with_last_train_fraction(splits: SplitData, fraction: float) -> SplitData:
     borders = dict(splits.borders)
     borders["train"] = (train.start, borders["train"][1])
     return replace(splits, train=train, borders=borders)
+
+
+def few_shot_split(splits: SplitData, fraction: float) -> SplitData:
+    """`splits` with only the last `fraction` of its train windows: ``max(1, ceil(fraction * N))`` of the N.
+
+    The kept windows are the most recent ones, those that end closest to the val split: what a user with a short
+    history has (the latest months of a series), unlike an evenly strided subset, which still spans the whole train
+    period and its seasons. Val and test are unchanged, and so is the scaler: it stays fitted on the full train
+    split, so every metric is in the same standardised units as the full-data runs and tables (a scaler refitted
+    on a few weeks of rows would change the units the test MSE is measured in, not only what the model learns
+    from). The returned train split is a shallow copy of the original window dataset over the kept rows (its
+    `start` and `borders["train"]` say where they begin); `fraction` 1 returns `splits` itself.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"The train fraction must be a number in (0, 1], got {fraction!r}.")
+    train = splits.train
+    total = len(train)
+    if float(fraction) == 1.0 or total == 0:
+        return splits
+    keep = min(total, max(1, math.ceil(round(float(fraction) * total, 9))))
+    offset = total - keep
+    kept = copy.copy(train)  # the same kind of window dataset (forecast or look-back-only) over the kept rows
+    kept.values = train.values[offset:]
+    kept.observed_mask = train.observed_mask[offset:]
+    kept.start = train.start + offset
+    borders = dict(splits.borders)
+    if "train" in borders:
+        borders["train"] = (borders["train"][0] + offset, borders["train"][1])
+    return replace(splits, train=kept, borders=borders)

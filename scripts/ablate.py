@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from himtm_hf.benchmarking import (
+from himtm_hf.benchmarks import (
     ABLATION_VARIANTS,
     BUDGETS,
     PAPER_ABLATION_VARIANTS,
@@ -33,11 +33,11 @@ from himtm_hf.benchmarking import (
 class AblationArguments:
     """Settings of the ablation."""
 
-    budget: str = field(default="cpu", metadata={"help": " | ".join(BUDGETS) + " (himtm_hf.benchmarking.BUDGETS)."})
+    budget: str = field(default="cpu", metadata={"help": " | ".join(BUDGETS) + " (himtm_hf.benchmarks.BUDGETS)."})
     datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2"])
     variants: list[str] = field(
         default_factory=lambda: list(PAPER_ABLATION_VARIANTS),
-        metadata={"help": "Keys of himtm_hf.benchmarking.ABLATION_VARIANTS; default: the paper's table and sweeps."},
+        metadata={"help": "Keys of himtm_hf.benchmarks.ABLATION_VARIANTS; default: the paper's table and sweeps."},
     )
     horizons: list[int] = field(default_factory=lambda: [96], metadata={
         "help": "Forecast horizons; each (dataset, variant, seed) pre-trains once (look-back-only windows) and "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from himtm_hf.benchmarking import (
+from himtm_hf.benchmarks import (
     ALL_MODELS,
     BUDGETS,
     MODELS,
@@ -31,7 +31,7 @@ from himtm_hf.benchmarking import (
 class AccuracyArguments:
     """Settings of the accuracy benchmark."""
 
-    budget: str = field(default="cpu", metadata={"help": " | ".join(BUDGETS) + " (himtm_hf.benchmarking.BUDGETS)."})
+    budget: str = field(default="cpu", metadata={"help": " | ".join(BUDGETS) + " (himtm_hf.benchmarks.BUDGETS)."})
     datasets: list[str] = field(default_factory=lambda: ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather"])
     horizons: list[int] = field(default_factory=lambda: [96, 192, 336, 720], metadata={
         "help": "Forecast horizons. The pre-training uses the windows of the shortest one given, so a run of fewer "

@@ -1,4 +1,5 @@
-"""Closed-form baselines beside every benchmark table: naive last value and NLinear-style ridge (`himtm_hf.baselines`).
+"""Closed-form baselines beside every benchmark table: naive last value and NLinear-style ridge
+(`himtm_hf.benchmarks.baselines`).
 
     python scripts/benchmark_baselines.py                                       # ETT x 4 horizons at L = 512
     python scripts/benchmark_baselines.py --datasets ETTh1 --horizons 96 --context_lengths 336 512
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from himtm_hf.benchmarking import RESULTS_DIR, regenerate_results_md, run_baselines
+from himtm_hf.benchmarks import RESULTS_DIR, regenerate_results_md, run_baselines
 
 
 @dataclass

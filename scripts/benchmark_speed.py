@@ -66,7 +66,7 @@ def build_model(name: str, args: SpeedArguments, context_length: int):
     from transformers import PatchTSTConfig, PatchTSTForPrediction, PatchTSTForPretraining
 
     from himtm_hf import HiMTMForPrediction, HiMTMForPretraining
-    from himtm_hf.benchmarking import speed_himtm_config
+    from himtm_hf.benchmarks import speed_himtm_config
 
     if name.startswith("himtm"):
         config = speed_himtm_config(context_length, args.prediction_length, args.num_input_channels, args.d_model,
@@ -259,12 +259,14 @@ def main(args: SpeedArguments) -> dict:
                   f"infer {record['inference']['windows_per_s']:9.1f} win/s  "
                   f"peak train {record['train']['peak_memory_mb']:8.1f} MB", flush=True)
     summary = summarise(rows, args)
-    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, git_commit
+    from himtm_hf.benchmarks import HIMTM_DEFAULTS_VERSION, git_commit, portable_path
 
+    # The record names its folder relative to the checkout (or by its name alone), never by this machine's path.
+    arguments = {**asdict(args), "output_dir": portable_path(args.output_dir, ROOT)}
     out = {
         "benchmark": "speed", "budget": args.budget, "himtm_defaults": HIMTM_DEFAULTS_VERSION, "device": args.device, "device_name": _device_name(args.device),
         "torch_threads": _torch_threads(), "git_commit": git_commit(),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "arguments": asdict(args),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "arguments": arguments,
         "rows": rows, "summary": summary, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

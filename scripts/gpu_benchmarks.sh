@@ -9,7 +9,7 @@
 # skipped. tests/test_scripts.py smoke-runs this file on the CPU with SPEED_BUDGET=quick SPEED_DEVICE=cpu
 # FULL_BUDGET=quick FULL_DATASETS=ETTh1 T_SPEED_COMPILE=0 T_FULL_VARIANT=400 FULL_VARIANT_DATASETS=ETTh1.
 #
-# Default order = what only a GPU can still give (docs/results/NOTES.md): the speed table of the current model, eager
+# Default order = what only a GPU can still give (docs/findings.md): the speed table of the current model, eager
 # and under torch.compile + CUDA graphs at L = 512 (the missed H200 target), then the `full` budget, all three models
 # per dataset, smallest datasets first, as far as its limit reaches (~2.5 min per ETTh dataset on an H200). The
 # `cpu`-budget protocol, the ablation and the transfer matrix are complete on the CPU; set T_ACC, T_ABL or T_TRANSFER
@@ -42,7 +42,7 @@ step "${T_SPEED_COMPILE:-120}" speed_compiled python scripts/benchmark_speed.py 
 # (scripts/benchmark_baselines.py) instead of spending device minutes.
 step "${T_FULL:-330}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
   --datasets "${FULL_DATASETS[@]}" --results_dir "$R" --work_dir "$WORK/work_full" --no_baselines
-# Optional: the candidate defaults for the large datasets (docs/results/NOTES.md point (13)) at the same budget, to set
+# Optional: the candidate defaults for the large datasets (docs/findings.md, finding 2) at the same budget, to set
 # beside the defaults' rows before they change. Off unless T_FULL_VARIANT is set: it does not fit in a 15-minute
 # session together with the steps above.
 if [ -n "${T_FULL_VARIANT:-}" ]; then

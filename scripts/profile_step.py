@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where the time of one HiMTM training step goes: a `torch.profiler` table of the top operators.
 
-Used to explain the speed benchmark (docs/results/NOTES.md), e.g. which share of a step is attention at L = 4096:
+Used to explain the speed benchmark (docs/findings.md), e.g. which share of a step is attention at L = 4096:
 
     python scripts/profile_step.py --context_length 4096 --batch_size 8 --threads 1
     python scripts/profile_step.py --model pretraining --context_length 512
@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from himtm_hf import HiMTMForPrediction, HiMTMForPretraining  # noqa: E402
-from himtm_hf.benchmarking import speed_himtm_config  # noqa: E402
+from himtm_hf.benchmarks import speed_himtm_config  # noqa: E402
 
 
 @dataclass

@@ -12,7 +12,7 @@ Writes one JSON record per run to ``<results_dir>/<budget>/<source>-to-<target>/
 ``docs/results/transfer``) and a ``summary.md`` table; existing records are skipped unless ``--overwrite``.
 A finished pre-training in ``--work_dir`` of the same model, source, seed, budget and commit is reused (so an
 interrupted or extended matrix does not pre-train again); ``--repretrain`` forces a new one.
-All options: ``--help`` (``himtm_hf.transfer.TransferArguments``).
+All options: ``--help`` (``himtm_hf.benchmarks.transfer.TransferArguments``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from himtm_hf.transfer import main  # noqa: E402
+from himtm_hf.benchmarks.transfer import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""The closed-form baselines (`himtm_hf.baselines`), their records and table rows, and the few-shot train split.
+"""The closed-form baselines (`himtm_hf.benchmarks.baselines`), their records and table rows, and the few-shot train
+split (`himtm_hf.data.few_shot_split`).
 
 Expected numbers are worked out here by hand or by brute force over the windows, not with the module's helpers.
 """
@@ -11,16 +12,24 @@ import math
 import numpy as np
 import pytest
 import torch
+from record_checks import absolute_paths
 from script_loading import load_script
 
-from himtm_hf.baselines import (
+from himtm_hf.benchmarks.baselines import (
     LastValueLinearForecaster,
-    few_shot_split,
     fit_linear_ridge,
     linear_ridge,
     naive_last_value,
 )
-from himtm_hf.data import ForecastWindowDataset, SeriesScaler, SplitData, compute_borders, load_splits
+from himtm_hf.data import (
+    ForecastWindowDataset,
+    SeriesScaler,
+    SplitData,
+    compute_borders,
+    default_data_dir,
+    few_shot_split,
+    load_splits,
+)
 
 
 def make_splits(values: np.ndarray, context_length: int, prediction_length: int,
@@ -87,9 +96,10 @@ def test_naive_on_etth1_matches_the_published_repeat_baseline():
 
 
 def test_baselines_are_scored_on_every_test_window_by_the_networks_metric_code():
-    """The same numbers as the accuracy benchmark's evaluation of a network (`benchmarking._evaluate`: `predict` +
+    """The same numbers as the accuracy benchmark's evaluation of a network (`benchmarks.runs._evaluate`: `predict` +
     `compute_forecast_metrics`) and as a brute-force loop over every test window."""
-    from himtm_hf.benchmarking import _evaluate, budget_by_name
+    from himtm_hf.benchmarks import budget_by_name
+    from himtm_hf.benchmarks.runs import _evaluate
 
     rng = np.random.default_rng(0)
     splits = make_splits(np.cumsum(rng.normal(size=(300, 3)), axis=0) / 10, 16, 8, (200, 40, 60))
@@ -137,7 +147,7 @@ def test_ridge_beats_naive_on_a_noisy_sine_and_chooses_its_lambda_on_val():
 
 def test_ridge_val_mse_from_the_normal_equations_equals_scoring_the_val_windows():
     """The lambda is chosen by a closed-form val MSE; it must be the MSE of actually forecasting the val windows."""
-    from himtm_hf.baselines import evaluate_forecaster
+    from himtm_hf.benchmarks.baselines import evaluate_forecaster
 
     rng = np.random.default_rng(2)
     splits = make_splits(np.cumsum(rng.normal(size=(500, 2)), axis=0) / 5, 24, 12, (300, 100, 100))
@@ -163,12 +173,8 @@ def _fake_baseline(dataset: str, context_length: int, horizon: int, naive: float
 
 
 def test_tables_show_the_baselines_of_each_cell_and_a_dash_where_there_is_none(tmp_path):
-    from himtm_hf.benchmarking import (
-        HIMTM_DEFAULTS_VERSION,
-        baseline_record_path,
-        regenerate_results_md,
-        write_record,
-    )
+    from himtm_hf.benchmarks import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+    from himtm_hf.benchmarks.baselines import baseline_record_path
 
     results = tmp_path / "results"
     common = {"budget": "cpu", "budget_detail": {"name": "cpu"}, "device": "CPU", "device_kind": "cpu",
@@ -186,7 +192,7 @@ def test_tables_show_the_baselines_of_each_cell_and_a_dash_where_there_is_none(t
     for model in ("himtm", "patchtst"):
         path = results / "transfer" / "cpu" / f"{model}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**transfer, "model": model}))
+        path.write_text(json.dumps({**transfer, "model": model, **(himtm if model == "himtm" else {})}))
     path = baseline_record_path(results, "ETTh1", 512, 96)  # ETTh1 only: ETTh2 has no baseline record
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(_fake_baseline("ETTh1", 512, 96, 1.2944, 0.3640)))
@@ -222,14 +228,17 @@ def test_tables_show_the_baselines_of_each_cell_and_a_dash_where_there_is_none(t
 def test_benchmark_baselines_script_writes_records_keeps_them_and_recomputes_on_other_settings(tmp_path, capsys):
     script = load_script("benchmark_baselines")
     results = tmp_path / "results"
+    # the data folder named by its absolute path: the record must still name no machine's folder
     args = script.BaselineArguments(datasets=["ETTh1"], horizons=[8], context_lengths=[32],
-                                    results_dir=str(results))
+                                    results_dir=str(results), data_dir=str(default_data_dir().resolve()))
     script.main(args)
     path = results / "baselines" / "ETTh1-L32-H8.json"
     record = json.loads(path.read_text())
     for field in ("naive", "linear_ridge", "settings", "command", "git_commit", "device", "data", "timestamp"):
         assert field in record, field
     assert record["settings"]["context_length"] == 32 and record["settings"]["ridge_lambdas"]
+    assert not absolute_paths(record), absolute_paths(record)
+    assert record["data"]["data_dir"] and record["data"]["dataset"] == "ETTh1"
     # ETTh1's 2880 test rows plus the 32 look-back rows before them, windows of 32 + 8 rows
     assert record["naive"]["num_windows"] == record["data"]["test_windows"] == 2880 + 32 - (32 + 8) + 1
     assert record["linear_ridge"]["mse"] < record["naive"]["mse"]

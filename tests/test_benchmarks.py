@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from record_checks import absolute_paths
 from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,8 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
     baseline = json.loads((results / "baselines" / "ETTh1-L512-H96.json").read_text())
     assert baseline["naive"]["num_windows"] == baseline["linear_ridge"]["num_windows"] == 2785
     assert baseline["linear_ridge"]["mse"] < baseline["naive"]["mse"] and "benchmark_accuracy.py" in baseline["command"]
+    for record in [*records, baseline]:  # --results_dir and --work_dir are absolute tmp paths here
+        assert not absolute_paths(record), absolute_paths(record)
 
     # the same command again keeps the three records and trains nothing (it resumes, it does not replace)
     written = {p: p.read_text() for p in (results / "accuracy").glob("*.json")}
@@ -62,6 +65,7 @@ def test_accuracy_and_ablation_quick_budget_write_records_and_tables(tmp_path):
          "--work_dir", str(tmp_path / "ablation"))
     ablation = {r["variant"]: r for r in (json.loads(p.read_text()) for p in (results / "ablation").glob("*.json"))}
     assert sorted(ablation) == ["full", "no_hsd", "no_pretrain", "select_by_total_loss"]
+    assert not [hit for record in ablation.values() for hit in absolute_paths(record)]
     assert ablation["no_pretrain"]["pretrain_steps"] == 0 and ablation["full"]["pretrain_steps"] > 0
     # every pre-training records the diagnostics of its kept weights (the table's skill column); none without one
     diagnostics = ablation["full"]["pretrain_diagnostics"]
@@ -105,17 +109,31 @@ def test_speed_quick_budget_writes_ratio_table(tmp_path):
                                                    "patchtst_pretraining"}
     assert all(r["train"]["windows_per_s"] > 0 and r["inference"]["windows_per_s"] > 0 for r in data["rows"])
     assert len(data["summary"]["ratios"]) == 4 and "train throughput" in result.stdout
+    # --output_dir outside the checkout: the record names the folder alone, not this machine's path to it
+    assert data["arguments"]["output_dir"] == tmp_path.name and not absolute_paths(data), absolute_paths(data)
 
 
-def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(tmp_path):
+def test_portable_path_names_no_machine_folder(tmp_path):
+    from himtm_hf.benchmarks import ROOT, portable_path
+
+    assert portable_path(tmp_path / "work" / "quick" / "run", tmp_path / "work") == "quick/run"
+    assert portable_path("outputs/transfer/cpu/run", "outputs/transfer") == "cpu/run"  # relative stays relative
+    assert portable_path(ROOT / "docs" / "results" / "speed", ROOT) == "docs/results/speed"
+    assert portable_path(tmp_path / "elsewhere", ROOT / "docs") == "elsewhere"  # outside the base: the name alone
+    assert portable_path("ETTh1", ROOT) == "ETTh1" and portable_path("user/repo", ROOT) == "user/repo"
+    assert portable_path(None, ROOT) is None
+
+
+def test_runs_with_an_older_himtm_defaults_set_keep_their_own_files_and_leave_the_page(tmp_path):
     """A HiMTM record written before the defaults changed (no `himtm_defaults` field) is neither overwritten by nor
-    averaged with a run of the current defaults: own file, own `[v0]` column and ablation row, and a legend."""
-    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+    averaged with a run of the current defaults: it keeps its own file, and results.md, which shows the current
+    model only, leaves it out (PatchTST records, which have no defaults set, stay)."""
+    from himtm_hf.benchmarks import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
 
     results = tmp_path / "results"
     common = {"dataset": "ETTh1", "prediction_length": 96, "budget": "cpu", "budget_detail": {"name": "cpu"},
               "seed": 1, "device": "CPU", "device_kind": "cpu", "git_commit": "abc", "command": "cmd"}
-    old = {**common, "model": "himtm", "mse": 0.50, "mae": 0.5}
+    old = {**common, "model": "himtm", "mse": 0.5123, "mae": 0.5}
     new = {**common, "model": "himtm", "himtm_defaults": HIMTM_DEFAULTS_VERSION, "mse": 0.30, "mae": 0.3}
     baseline = {**common, "model": "patchtst_supervised", "mse": 0.40, "mae": 0.4}
     paths = {write_record(results, "accuracy", r) for r in (old, new, baseline)}
@@ -124,19 +142,17 @@ def test_runs_with_an_older_himtm_defaults_set_keep_their_own_column_and_files(t
         write_record(results, "ablation", {**record, "variant": "full", "overrides": {}})
 
     text = regenerate_results_md(results, tmp_path / "results.md").read_text()
-    assert "| himtm MSE / MAE | patchtst_supervised MSE / MAE | himtm [v0] MSE / MAE |" in text
-    assert "| ETTh1 | 96 | 0.3000 / 0.3000 | 0.4000 / 0.4000 | 0.5000 / 0.5000 |" in text
+    assert "| ETTh1 | 96 | 0.3000 / 0.3000 | 0.4000 / 0.4000 |" in text
     assert "- ETTh1: patchtst_supervised: 0.750 (met)" in text
-    assert "- ETTh1 (himtm [v0]): patchtst_supervised: 1.250 (missed)" in text
-    assert "| full | `{}` | 1 | – | 0.3000 | – |" in text and "| full [v0] | `{}` | 1 | – | 0.5000 | – |" in text
-    assert text.count("HiMTM defaults sets") == 2
+    assert "| full | `{}` | 1 | – | 0.3000 | – |" in text
+    assert "0.5123" not in text and "[v0]" not in text
 
 
 def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_default_runs(tmp_path):
     """The table at the top of results.md: per horizon the seeds are averaged first, then the horizons; a model that
     misses a horizon of the dataset, a HiMTM variant and a run of an older defaults set stay out of it. The table of
     the best HiMTM below it takes the lowest complete run of the current set, variants included."""
-    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+    from himtm_hf.benchmarks import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
 
     results = tmp_path / "results"
     common = {"budget": "cpu", "budget_detail": {"name": "cpu"}, "device": "CPU", "device_kind": "cpu",
@@ -167,7 +183,7 @@ def test_scoreboard_averages_seeds_per_horizon_and_counts_only_complete_current_
 
 
 def test_a_head_first_baseline_gets_a_ratio_but_never_a_target_verdict(tmp_path):
-    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+    from himtm_hf.benchmarks import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
 
     common = {"budget": "cpu", "budget_detail": {"name": "cpu"}, "device": "CPU", "device_kind": "cpu",
               "git_commit": "abc", "command": "cmd", "mae": 0.5, "dataset": "ETTh1", "prediction_length": 96,
@@ -183,7 +199,7 @@ def test_a_head_first_baseline_gets_a_ratio_but_never_a_target_verdict(tmp_path)
 def test_ablate_runs_the_papers_table_and_sweeps_by_default():
     """Without `--variants`, ablate.py runs the paper's ablation (each part removed) and the two sweeps, and none of
     the diagnostics or recipe candidates (those would multiply a default run's cost)."""
-    from himtm_hf.benchmarking import ABLATION_VARIANTS
+    from himtm_hf.benchmarks import ABLATION_VARIANTS
 
     variants = load_script("ablate").AblationArguments().variants
     assert set(variants) <= set(ABLATION_VARIANTS) and len(set(variants)) == len(variants)
@@ -207,7 +223,7 @@ def test_cpu_peak_memory_is_measured_reproducibly_in_a_child():
 def test_cpu_lr_budget_differs_from_cpu_only_in_the_fine_tuning_learning_rate():
     from dataclasses import asdict
 
-    from himtm_hf.benchmarking import budget_by_name
+    from himtm_hf.benchmarks import budget_by_name
 
     cpu, high = asdict(budget_by_name("cpu")), asdict(budget_by_name("cpu_lr1e-3"))
     changed = {k for k in cpu if cpu[k] != high[k]}
@@ -218,7 +234,7 @@ def test_cpu_lr_budget_differs_from_cpu_only_in_the_fine_tuning_learning_rate():
 def test_cpu_long_budget_differs_from_cpu_lr_budget_only_in_pretraining_epochs():
     from dataclasses import asdict
 
-    from himtm_hf.benchmarking import budget_by_name
+    from himtm_hf.benchmarks import budget_by_name
 
     short, long = asdict(budget_by_name("cpu_lr1e-3")), asdict(budget_by_name("cpu_long"))
     assert {k for k in short if short[k] != long[k]} == {"name", "pretrain_epochs"}
@@ -228,26 +244,26 @@ def test_cpu_long_budget_differs_from_cpu_lr_budget_only_in_pretraining_epochs()
 def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
     """The LP-FT variant spends 0.3 of the budget's fine-tuning epochs on the head alone (the record says how many),
     and a step-counted budget, which has no epochs to split, is refused with a message saying so."""
-    from himtm_hf.benchmarking import (
+    from himtm_hf.benchmarks import (
         ABLATION_VARIANTS,
         ALL_MODELS,
         HEAD_FIRST_VARIANTS,
         Budget,
-        _head_only_epochs,
         budget_by_name,
         run_accuracy,
     )
+    from himtm_hf.benchmarks.variants import head_only_epochs
 
     variant = "width_32_dropout_0.3_hsd_instance_norm_head_init_zeros_lp_ft"
     assert variant in HEAD_FIRST_VARIANTS
-    assert _head_only_epochs(variant, budget_by_name("full")) == pytest.approx(3.0)
-    assert _head_only_epochs("width_32_dropout_0.3_hsd_instance_norm_head_init_zeros", budget_by_name("full")) == 0
+    assert head_only_epochs(variant, budget_by_name("full")) == pytest.approx(3.0)
+    assert head_only_epochs("width_32_dropout_0.3_hsd_instance_norm_head_init_zeros", budget_by_name("full")) == 0
     # One lookup serves HiMTM variants and benchmark models, so the two name spaces must stay apart.
     assert set(HEAD_FIRST_VARIANTS) <= set(ABLATION_VARIANTS) and not set(ABLATION_VARIANTS) & set(ALL_MODELS)
-    assert _head_only_epochs("patchtst_selfsupervised_lp_ft", budget_by_name("full")) == pytest.approx(3.0)
-    assert _head_only_epochs("patchtst_selfsupervised", budget_by_name("full")) == 0
+    assert head_only_epochs("patchtst_selfsupervised_lp_ft", budget_by_name("full")) == pytest.approx(3.0)
+    assert head_only_epochs("patchtst_selfsupervised", budget_by_name("full")) == 0
     with pytest.raises(ValueError, match="counts steps"):
-        _head_only_epochs(variant, budget_by_name("quick"))
+        head_only_epochs(variant, budget_by_name("quick"))
     tiny = Budget("tiny_epochs", 1, 2, batch_size=8, max_train_windows=64, max_eval_windows=32, max_test_windows=64,
                   tiny_models=True)
     (record,) = run_accuracy(["ETTh1"], [96], ["himtm"], tiny, [1], tmp_path / "work", tmp_path / "results",
@@ -260,7 +276,7 @@ def test_head_first_variant_splits_the_budgets_fine_tuning_epochs(tmp_path):
 def test_self_supervised_patchtst_head_first_shares_the_pretraining_and_trains_the_head_alone_first(tmp_path):
     """`patchtst_selfsupervised_lp_ft` is fine-tuned from the very pre-training `patchtst_selfsupervised` uses (one
     pre-training run, both records carry its loss), head first for 0.3 of the epochs, and gets its own column."""
-    from himtm_hf.benchmarking import Budget, regenerate_results_md, run_accuracy
+    from himtm_hf.benchmarks import Budget, regenerate_results_md, run_accuracy
 
     tiny = Budget("tiny_epochs", 1, 2, batch_size=8, max_train_windows=64, max_eval_windows=32, max_test_windows=64,
                   tiny_models=True)
@@ -280,7 +296,7 @@ def test_self_supervised_patchtst_head_first_shares_the_pretraining_and_trains_t
 
 
 def test_unknown_benchmark_model_is_refused_with_the_choices(tmp_path):
-    from himtm_hf.benchmarking import budget_by_name, build_forecaster
+    from himtm_hf.benchmarks import budget_by_name, build_forecaster
     from himtm_hf.data import load_splits
 
     splits = load_splits("ETTh1", context_length=64, prediction_length=8)
@@ -289,7 +305,7 @@ def test_unknown_benchmark_model_is_refused_with_the_choices(tmp_path):
 
 
 def test_git_commit_is_dirty_for_code_changes_but_not_for_the_benchmarks_own_outputs(tmp_path, monkeypatch):
-    from himtm_hf.benchmarking import git_commit
+    from himtm_hf.benchmarks import git_commit
 
     monkeypatch.delenv("HIMTM_GIT_COMMIT", raising=False)
     (tmp_path / "docs" / "results" / "accuracy").mkdir(parents=True)
@@ -321,14 +337,14 @@ def test_speed_arguments_are_checked_before_any_model_is_built(field, value, all
 
 
 def test_committed_results_md_is_regenerated_from_the_committed_records(tmp_path):
-    """docs/results.md is generated from docs/results/ (records and NOTES.md); a hand edit of either that was not
+    """docs/results.md is generated from docs/results/ (the records); a hand edit of either that was not
     followed by `regenerate_results_md()` would leave the committed tables or reading out of date."""
-    from himtm_hf.benchmarking import regenerate_results_md
+    from himtm_hf.benchmarks import regenerate_results_md
 
     committed = ROOT / "docs" / "results.md"
     fresh = regenerate_results_md(ROOT / "docs" / "results", tmp_path / "results.md").read_text()
     assert fresh == committed.read_text(), (
-        "docs/results.md is out of date: run `python -c \"from himtm_hf.benchmarking import regenerate_results_md; "
+        "docs/results.md is out of date: run `python -c \"from himtm_hf.benchmarks import regenerate_results_md; "
         "regenerate_results_md()\"` and commit it.")
 
 
@@ -336,7 +352,7 @@ def test_ablation_ratio_to_scratch_uses_each_variants_own_reference(tmp_path):
     """"× from scratch": a pre-trained variant over the random-start run of the same network (`width_128` over
     `width_128_no_pretrain`, everything else over `no_pretrain`), within one defaults set; the skill column reads the
     recorded diagnostics, and a row without any shows a dash."""
-    from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
+    from himtm_hf.benchmarks import HIMTM_DEFAULTS_VERSION, regenerate_results_md, write_record
 
     common = {"dataset": "ETTh1", "prediction_length": 96, "budget": "cpu_long", "budget_detail": {"name": "cpu_long"},
               "seed": 1, "device": "CPU", "device_kind": "cpu", "git_commit": "abc", "command": "cmd",
@@ -350,3 +366,4 @@ def test_ablation_ratio_to_scratch_uses_each_variants_own_reference(tmp_path):
     assert rows["full"][3:6] == ["0.2000", "0.4000", "0.800"]
     assert rows["width_128"][3:6] == ["0.3000", "0.3000", "1.200"]
     assert rows["no_pretrain"][3] == "–" and rows["no_pretrain"][5] == "–"
+

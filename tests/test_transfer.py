@@ -1,5 +1,6 @@
-"""Transfer driver: weather (21 channels) -> ETTh1 (7 channels) end to end on real data at the `quick` budget,
-for HiMTM and self-supervised PatchTST, full fine-tuning / linear probing / few-shot fractions."""
+"""Transfer driver (`himtm_hf.benchmarks.transfer`): weather (21 channels) -> ETTh1 (7 channels) end to end on real
+data at the `quick` budget, for HiMTM and self-supervised PatchTST, full fine-tuning / linear probing / few-shot
+fractions."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from record_checks import absolute_paths
 
-from himtm_hf.benchmarking import HIMTM_DEFAULTS_VERSION
-from himtm_hf.data import load_splits
-from himtm_hf.transfer import (
+from himtm_hf.benchmarks import HIMTM_DEFAULTS_VERSION
+from himtm_hf.benchmarks.transfer import (
     BUDGETS,
     TransferArguments,
     build_patchtst_config,
@@ -22,6 +23,7 @@ from himtm_hf.transfer import (
     plan_runs,
     run_transfer,
 )
+from himtm_hf.data import load_splits
 
 PROJECT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("HIMTM_DATA_DIR", PROJECT.parent / "shared" / "data"))
@@ -77,6 +79,7 @@ def test_matrix_runs_end_to_end_across_channel_counts(matrix):
         fraction = f"{r['fraction']:g}".replace(".", "p")
         on_disk = json.loads((path / f"{r['model']}-{r['protocol']}-f{fraction}-seed3.json").read_text())
         assert on_disk == r
+        assert not absolute_paths(on_disk), absolute_paths(on_disk)  # the work folders are absolute tmp paths here
     # both arms get the same budget; a linear probe trains fewer parameters than full fine-tuning
     assert len({json.dumps(r["budget_config"], sort_keys=True) for r in records}) == 1
     for model in ("himtm", "patchtst"):
@@ -87,8 +90,9 @@ def test_matrix_runs_end_to_end_across_channel_counts(matrix):
     # the pre-trained encoders were saved once per model and source, next to the fine-tuning run folders
     assert sorted(p.name for p in (Path(args.work_dir) / "quick").iterdir()) == [
         "finetune", "himtm-pretrain-weather-L64-seed3", "patchtst-pretrain-weather-L64-seed3"]
+    # relative to --work_dir, so that a record names no folder of the machine it ran on
     assert {r["pretrained_checkpoint"] for r in records} == {
-        str(Path(args.work_dir) / "quick" / f"{m}-pretrain-weather-L64-seed3") for m in ("himtm", "patchtst")}
+        f"quick/{m}-pretrain-weather-L64-seed3" for m in ("himtm", "patchtst")}
 
 
 def test_existing_records_are_skipped(matrix):

@@ -237,7 +237,7 @@ class DataArguments:
         default=1.0,
         metadata={"help": "Train on only the last fraction (0 < f <= 1) of the train windows, those nearest the val "
                           "split (a short, recent history); val, test and the scaler (full train split) are unchanged. "
-                          "See himtm_hf.baselines.few_shot_split."},
+                          "See himtm_hf.data.few_shot_split."},
     )
     leave_out: str | None = field(
         default=None,
@@ -342,8 +342,7 @@ class DataArguments:
 
     def load(self):
         """Loads the splits (`himtm_hf.data.SplitData`), the train split cut to its last `train_fraction`."""
-        from ..baselines import few_shot_split
-        from ..data import load_splits
+        from ..data import few_shot_split, load_splits
 
         fraction = self.train_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:

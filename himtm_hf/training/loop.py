@@ -1,4 +1,4 @@
-"""The Accelerate training loop, prediction and the run-folder helpers.
+"""The Accelerate training loop, prediction and the run-folder helpers (checkpoints: `checkpointing.py`).
 
 One code path for CPU, one GPU, several GPUs and several CPU processes (`accelerate launch`). The loop works for any
 `PreTrainedModel` whose forward takes `past_values` (and, for forecasting, `future_values`) and returns `.loss`:
@@ -22,9 +22,6 @@ import json
 import logging
 import math
 import os
-import pickle
-import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -44,8 +41,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from ..output_folders import claim_output_dir, fsync_dir, fsync_tree, write_json_atomic
+from ..output_folders import claim_output_dir
 from .arguments import TrainArguments, check_head_only_epochs
+from .checkpointing import (
+    CHECKPOINTS_DIR,
+    TrainerState,
+    find_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint_atomically,
+)
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -77,7 +82,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 LOG_FILE = "log.jsonl"
 RUN_ARGS_FILE = "run_args.json"
 METRICS_FILE = "metrics.json"
@@ -104,12 +108,6 @@ RUN_LAYOUT = (*LAYOUT_FILES, HEAD_ONLY_DIR, CORPUS_FILE, DIAGNOSTICS_PLOT_FILE)
 pre-training), nothing else."""
 RUN_KIND = "run"
 """The marker kind of training run folders (pre-training, fine-tuning, `train_model`)."""
-
-# Checkpoint files besides accelerate's (model.safetensors, optimizer.bin, random_states_N.pkl).
-CHECKPOINT_COMPLETE = "checkpoint.json"  # written last: a checkpoint without it is incomplete
-TRAINER_STATE_FILE = "trainer_state.json"
-SCHEDULER_FILE = "scheduler.json"
-BEST_WEIGHTS_FILE = "best_model.safetensors"
 
 _EVAL_STREAM = 1 << 40  # offset that separates the evaluation seeds from the training-step seeds
 
@@ -349,35 +347,6 @@ def prepare_output_dir(
         return path
 
 
-def _is_complete_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / CHECKPOINT_COMPLETE).is_file()
-
-
-def find_checkpoint(output_dir: str | os.PathLike[str], value: str) -> Path:
-    """Resolves `--resume_from_checkpoint`: `"latest"` (highest complete `checkpoints/step-N`), a path, or a
-    checkpoint name. Only complete checkpoints (with `checkpoint.json`, written last before the rename that
-    publishes the folder) are accepted: an interrupted save is never resumed from."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    if value == "latest":
-        steps = [p for p in root.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
-        candidates = [p for p in steps if _is_complete_checkpoint(p)]
-        if not candidates:
-            skipped = f" ({len(steps)} incomplete one(s) skipped)" if steps else ""
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint latest: no complete checkpoint in {root}{skipped} (save them with "
-                "--save_steps N)."
-            )
-        return max(candidates, key=lambda p: int(p.name.split("-")[1]))
-    for candidate in (Path(value), root / value):
-        if candidate.is_dir():
-            if not _is_complete_checkpoint(candidate):
-                raise FileNotFoundError(
-                    f"Checkpoint {candidate} has no {CHECKPOINT_COMPLETE}: its save was interrupted, or an older "
-                    "version of himtm-hf wrote it. Resume from another checkpoint (--resume_from_checkpoint latest "
-                    "picks the newest complete one)."
-                )
-            return candidate
-    raise FileNotFoundError(f"Checkpoint {value!r} not found (looked at {Path(value)} and {root / value}).")
 
 
 def _jsonable(value: Any) -> Any:
@@ -455,63 +424,8 @@ class JsonlLogger:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Trainer state
+# Run result
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainerState:
-    """Loop state saved in every checkpoint: `trainer_state.json` (the numbers) and `best_model.safetensors` (the
-    best weights so far); nothing of it is pickled."""
-
-    global_step: int = 0
-    best_val_loss: float | None = None
-    """Best value so far of `TrainArguments.metric_for_best_model` (the total validation loss by default)."""
-    best_step: int | None = None
-    metric_for_best_model: str = "loss"
-    evals_without_improvement: int = 0
-    last_eval_step: int | None = None
-    should_stop: bool = False
-    log_lines: int = 0
-    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "global_step": self.global_step,
-            "best_val_loss": self.best_val_loss,
-            "best_step": self.best_step,
-            "metric_for_best_model": self.metric_for_best_model,
-            "evals_without_improvement": self.evals_without_improvement,
-            "last_eval_step": self.last_eval_step,
-            "should_stop": self.should_stop,
-            "log_lines": self.log_lines,
-            "best_state": self.best_state,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        # Checkpoints from before the field always chose by the total loss.
-        state = {"metric_for_best_model": "loss", **state}
-        for key, value in state.items():
-            setattr(self, key, value)
-
-    def save(self, folder: Path) -> None:
-        """Writes `trainer_state.json` and, if there are best weights, `best_model.safetensors` into `folder`."""
-        from safetensors.torch import save_file
-
-        numbers = {k: v for k, v in self.state_dict().items() if k != "best_state"}
-        (folder / TRAINER_STATE_FILE).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
-        if self.best_state is not None:
-            save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(folder / BEST_WEIGHTS_FILE))
-
-    def load(self, folder: Path) -> None:
-        """Reads what [`save`] wrote (JSON and safetensors: loading runs no code from the checkpoint)."""
-        from safetensors.torch import load_file
-
-        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-        best = folder / BEST_WEIGHTS_FILE
-        state["best_state"] = load_file(str(best)) if best.is_file() else None
-        self.load_state_dict(state)
-
 
 @dataclass
 class TrainResult:
@@ -674,57 +588,6 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def save_checkpoint_atomically(
-    accelerator: Accelerator, root: Path, step: int, scheduler: Any, state: TrainerState
-) -> Path:
-    """Saves `checkpoints/step-N` so that it exists only complete: everything is written into
-    `checkpoints/.tmp-step-N` (accelerate's model safetensors, optimizer and RNG states; the scheduler and the loop
-    state as JSON, the best weights as safetensors), flushed to disk, `checkpoint.json` written last, and the folder
-    renamed. A kill at any point leaves the previous checkpoints as they were and at most a `.tmp-*` folder, which
-    `--resume_from_checkpoint latest` ignores and the next save removes."""
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-{final.name}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        for leftover in root.glob(".tmp-*"):  # of this save, or of one a kill interrupted
-            shutil.rmtree(leftover, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process (its RNG state); the model and optimizer on the main one
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), indent=2) + "\n", encoding="utf-8")
-        state.save(tmp)
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        fsync_tree(tmp)
-        write_json_atomic(tmp / CHECKPOINT_COMPLETE, {"step": int(step), "files": files, "format": 1})
-        if final.exists():  # a step saved again (a resumed run): the old one goes first; a kill here loses neither
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)  # the rename itself reaches the disk
-    accelerator.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path, scheduler: Any, state: TrainerState) -> None:
-    """Restores a checkpoint written by [`save_checkpoint_atomically`] without running code from it: model weights
-    from safetensors, the scheduler and loop state from JSON, the best weights from safetensors, and the optimizer
-    and RNG states (accelerate's `torch.save` files) with `torch.load(weights_only=True)`, which reads tensors and
-    plain containers only. Checkpoints should still come from a trusted source: weights can be wrong on purpose."""
-    missing = [name for name in (SCHEDULER_FILE, TRAINER_STATE_FILE) if not (checkpoint / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"Checkpoint {checkpoint} lacks {', '.join(missing)}; it was not written by this "
-                                "version of himtm-hf. Resume from another checkpoint or start a new run.")
-    try:
-        accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"Checkpoint {checkpoint} holds a file with objects other than tensors and plain values; it was refused "
-            "rather than unpickled (that could run code). Resume only from checkpoints you wrote or trust."
-        ) from error
-    scheduler.load_state_dict(json.loads((checkpoint / SCHEDULER_FILE).read_text(encoding="utf-8")))
-    state.load(checkpoint)
-
-
 def train_model(
     model: PreTrainedModel,
     train_dataset: Dataset,
@@ -780,6 +643,89 @@ def train_model(
                       eval_callback)
 
 
+@dataclass
+class _LossWindow:
+    """The training losses summed since the last `"train"` record of `log.jsonl`, and the gradient norms of its
+    optimiser steps."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    micro_batches: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        """Adds one micro-batch's losses (detached scalars on the model's device)."""
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, torch.zeros((), device=v.device)) + v
+        self.micro_batches += 1
+
+    def record(self, accelerator: Accelerator) -> dict[str, float]:
+        """The window's losses averaged over its micro-batches and over processes, plus `grad_norm` (the mean over
+        its steps) when gradients were clipped.
+
+        Args:
+            accelerator: reduces the means over processes (every process must call this).
+
+        Returns:
+            `{loss name: mean}` in sorted name order, then `grad_norm` if there is one.
+        """
+        names = sorted(self.sums)
+        reduced = accelerator.reduce(
+            torch.stack([self.sums[k] for k in names]) / max(self.micro_batches, 1), reduction="mean"
+        )
+        record = {k: float(v) for k, v in zip(names, reduced.tolist())}
+        if self.grad_norms:
+            record["grad_norm"] = float(np.mean(self.grad_norms))
+        return record
+
+
+@dataclass
+class _Run:
+    """One call of [`_train`]: what its setup prepared, and the state that changes while it runs.
+
+    The optimiser step count lives in `state.global_step` only, so that a checkpoint always saves the step the loop
+    is at.
+    """
+
+    train_args: TrainArguments
+    accelerator: Accelerator
+    is_pretraining: bool
+    output_dir: Path
+    start_time: float
+    model: torch.nn.Module
+    """The prepared (possibly compiled) model the training steps run through."""
+    unwrapped: PreTrainedModel
+    """The eager module: validation, best-weights snapshots and the returned model."""
+    compiled: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: EpochShuffleSampler
+    train_loader: DataLoader
+    val_subset: Dataset | None
+    collate_fn: Callable[[list[Any]], Any] | None
+    eval_callback: EvalCallback | None
+    micro_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    stop_at: int
+    """The step this call stops at: `total_steps`, or `stop_after_steps` if that is earlier."""
+    metric: str
+    keys: set[str] | None
+    draws: int | None
+    noise_shape: tuple[int, int] | None
+    state: TrainerState
+    run_logger: JsonlLogger
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    show: bool = False
+    progress: Any = None
+    """The tqdm bar of the steps (made by [`_train_steps`])."""
+    window: _LossWindow = field(default_factory=_LossWindow)
+
+    @property
+    def epochs_done(self) -> float:
+        """The `epoch` field of the log records: optimiser steps so far in epochs."""
+        return round(self.state.global_step / self.steps_per_epoch, 4)
+
+
 def _train(
     model: PreTrainedModel,
     train_dataset: Dataset,
@@ -790,20 +736,114 @@ def _train(
     collate_fn: Callable[[list[Any]], Any] | None,
     eval_callback: EvalCallback | None = None,
 ) -> TrainResult:
-    """The loop of [`train_model`], in a run folder that is already prepared (and held)."""
+    """The loop of [`train_model`], in a run folder that is already prepared (and held).
+
+    Args:
+        model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn, eval_callback: as in
+            [`train_model`].
+
+    Returns:
+        [`TrainResult`], with the best validation weights in the unwrapped model.
+    """
     start_time = time.time()
     output_dir = Path(train_args.output_dir)
     resume = train_args.resume_from_checkpoint
+    # Resolved first: a missing checkpoint fails before anything is prepared.
     checkpoint = find_checkpoint(output_dir, resume) if resume else None
+    run = _set_up_run(model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn,
+                      eval_callback, start_time)
+    if checkpoint is None:
+        run.run_logger.lines = count_log_lines(output_dir)
+    else:
+        _resume(run, checkpoint)
+    _train_steps(run)
+    return _finish(run)
 
+
+# Setup ----------------------------------------------------------------------------------------------------------------
+
+
+def _set_up_run(
+    model: PreTrainedModel,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    train_args: TrainArguments,
+    accelerator: Accelerator,
+    is_pretraining: bool,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    eval_callback: EvalCallback | None,
+    start_time: float,
+) -> _Run:
+    """Caps the datasets, prepares model, optimiser and data loader, and makes the schedule of one run.
+
+    Args:
+        model, train_dataset, val_dataset, train_args, accelerator, is_pretraining, collate_fn, eval_callback: as in
+            [`train_model`].
+        start_time: `time.time()` at the start of the run (for `TrainResult.wall_time_s`).
+
+    Returns:
+        The [`_Run`] at step 0 (a resumed run loads its checkpoint into it afterwards).
+    """
     seed = int(train_args.seed)
-    accumulation = int(train_args.gradient_accumulation_steps)
     train_subset = cap_windows(train_dataset, train_args.max_train_windows)
     val_subset = cap_windows(val_dataset, train_args.max_eval_windows) if val_dataset is not None else None
     if val_subset is not None and len(val_subset) == 0:
         val_subset = None
 
     sampler = EpochShuffleSampler(len(train_subset), seed)
+    model, unwrapped, optimizer, train_loader = _prepare_for_training(
+        model, train_subset, sampler, train_args, accelerator, collate_fn
+    )
+    micro_per_epoch = len(train_loader)
+    if micro_per_epoch == 0:
+        raise ValueError(
+            f"No full training batch: {len(train_subset)} training windows < per_device_train_batch_size "
+            f"({train_args.per_device_train_batch_size}) x processes ({accelerator.num_processes}). Use a smaller "
+            "batch, more windows (--max_train_windows) or a shorter context/prediction length."
+        )
+    steps_per_epoch, total_steps, scheduler = _make_schedule(optimizer, micro_per_epoch, train_args)
+    metric = train_args.metric_for_best_model
+    if val_subset is not None:  # a typo fails here, not after the first epoch
+        _check_metric_for_best_model(metric, _validation_loss_names(is_pretraining), unwrapped)
+
+    draws = mask_draws_per_sample(unwrapped) if is_pretraining else None
+    noise_shape = None
+    if is_pretraining and draws is not None and _accepts_mask_noise(unwrapped):
+        noise_shape = (int(unwrapped.config.num_input_channels), int(unwrapped.config.num_masking_units))
+    stop_at = total_steps if train_args.stop_after_steps <= 0 else min(total_steps, int(train_args.stop_after_steps))
+    return _Run(
+        train_args=train_args, accelerator=accelerator, is_pretraining=is_pretraining,
+        output_dir=Path(train_args.output_dir), start_time=start_time, model=model, unwrapped=unwrapped,
+        compiled=is_compiled_module(model), optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+        train_loader=train_loader, val_subset=val_subset, collate_fn=collate_fn, eval_callback=eval_callback,
+        micro_per_epoch=micro_per_epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps, stop_at=stop_at,
+        metric=metric, keys=_forward_keys(unwrapped, is_pretraining), draws=draws, noise_shape=noise_shape,
+        state=TrainerState(metric_for_best_model=metric),
+        run_logger=JsonlLogger(Path(train_args.output_dir), enabled=accelerator.is_main_process),
+    )
+
+
+def _prepare_for_training(
+    model: PreTrainedModel,
+    train_subset: Dataset,
+    sampler: EpochShuffleSampler,
+    train_args: TrainArguments,
+    accelerator: Accelerator,
+    collate_fn: Callable[[list[Any]], Any] | None,
+) -> tuple[torch.nn.Module, PreTrainedModel, torch.optim.Optimizer, DataLoader]:
+    """Builds the training data loader and AdamW, passes them and the model through `accelerator.prepare`, and
+    compiles the model if `train_args.torch_compile`.
+
+    Args:
+        model: the model to train (not yet prepared).
+        train_subset: the (capped) training windows.
+        sampler: the run's [`EpochShuffleSampler`] over `train_subset`.
+        train_args, accelerator, collate_fn: as in [`train_model`].
+
+    Returns:
+        `(model, unwrapped, optimizer, train_loader)`: the prepared (possibly compiled) model, its eager module, and
+        the prepared optimiser and loader.
+    """
     train_loader = DataLoader(
         train_subset, batch_size=train_args.per_device_train_batch_size, sampler=sampler, drop_last=True,
         num_workers=train_args.num_workers, collate_fn=collate_fn,
@@ -822,16 +862,25 @@ def _train(
     # returned model never go through torch.compile (its state-dict keys would carry `_orig_mod.` and validation
     # batches of another size would trigger recompiles).
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    compiled = is_compiled_module(model)
+    return model, unwrapped, optimizer, train_loader
 
-    micro_per_epoch = len(train_loader)
-    if micro_per_epoch == 0:
-        raise ValueError(
-            f"No full training batch: {len(train_subset)} training windows < per_device_train_batch_size "
-            f"({train_args.per_device_train_batch_size}) x processes ({accelerator.num_processes}). Use a smaller "
-            "batch, more windows (--max_train_windows) or a shorter context/prediction length."
-        )
-    steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
+
+def _make_schedule(
+    optimizer: torch.optim.Optimizer, micro_per_epoch: int, train_args: TrainArguments
+) -> tuple[int, int, Any]:
+    """The run's length and its learning-rate schedule.
+
+    Args:
+        optimizer: the prepared optimiser.
+        micro_per_epoch: micro-batches per epoch on this process.
+        train_args: `gradient_accumulation_steps`, `max_steps` / `num_train_epochs`, the warm-up and
+            `lr_scheduler_type`.
+
+    Returns:
+        `(steps_per_epoch, total_steps, scheduler)`; the last optimiser step of an epoch may accumulate fewer
+        micro-batches.
+    """
+    steps_per_epoch = math.ceil(micro_per_epoch / int(train_args.gradient_accumulation_steps))
     if train_args.max_steps > 0:
         total_steps = int(train_args.max_steps)
     else:
@@ -840,196 +889,276 @@ def _train(
     scheduler = get_scheduler(
         train_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
-    metric = train_args.metric_for_best_model
-    if val_subset is not None:  # a typo fails here, not after the first epoch
-        _check_metric_for_best_model(metric, _validation_loss_names(is_pretraining), unwrapped)
-    state = TrainerState(metric_for_best_model=metric)
+    return steps_per_epoch, total_steps, scheduler
 
-    keys = _forward_keys(unwrapped, is_pretraining)
-    draws = mask_draws_per_sample(unwrapped) if is_pretraining else None
-    noise_shape = None
-    if is_pretraining and draws is not None and _accepts_mask_noise(unwrapped):
-        noise_shape = (int(unwrapped.config.num_input_channels), int(unwrapped.config.num_masking_units))
-    run_logger = JsonlLogger(output_dir, enabled=accelerator.is_main_process)
-    if checkpoint is None:
-        run_logger.lines = count_log_lines(output_dir)
-    else:
-        load_checkpoint(accelerator, checkpoint, scheduler, state)
-        if state.metric_for_best_model != metric:
-            # The best value saved so far is of the other metric: comparing the two would pick the wrong weights.
-            raise ValueError(
-                f"Checkpoint {checkpoint} chose its best weights by {state.metric_for_best_model!r}, but this run "
-                f"asks for --metric_for_best_model {metric!r}. Resume with --metric_for_best_model "
-                f"{state.metric_for_best_model}, or start a new run in another --output_dir."
-            )
-        run_logger.truncate(state.log_lines)
-        logger.info("Resumed from %s at step %d", checkpoint, state.global_step)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    stop_at = total_steps if train_args.stop_after_steps <= 0 else min(total_steps, int(train_args.stop_after_steps))
-    step = state.global_step
-    epoch = step // steps_per_epoch
-    start_micro = (step % steps_per_epoch) * accumulation
-    show = accelerator.is_local_main_process and not train_args.disable_tqdm
-    progress = tqdm(total=stop_at, initial=min(step, stop_at), disable=not show, dynamic_ncols=True,
-                    desc="pretrain" if is_pretraining else "train")
-    window: dict[str, torch.Tensor] = {}
-    window_micro = 0
-    window_grad_norm: list[float] = []
+def _resume(run: _Run, checkpoint: Path) -> None:
+    """Loads `checkpoint` into the run (weights, optimiser, RNG, scheduler, loop state) and cuts `log.jsonl` back to
+    the events it had when the checkpoint was saved.
 
-    def evaluate_now() -> None:
-        if val_subset is None:
-            return
-        losses = _validation_losses(unwrapped, val_subset, train_args.per_device_eval_batch_size, accelerator,
-                                    is_pretraining, keys, seed, draws, noise_shape, collate_fn, train_args.num_workers)
-        if not losses:
-            return
-        _check_metric_for_best_model(metric, losses, unwrapped)  # a part this model's output lacks
-        val_loss = losses[metric]
-        improved = state.best_val_loss is None or val_loss < state.best_val_loss
-        if improved:
-            state.best_val_loss, state.best_step = val_loss, step
-            state.best_state = _cpu_state(unwrapped)
-            state.evals_without_improvement = 0
-        else:
-            state.evals_without_improvement += 1
-        state.last_eval_step = step
-        patience = train_args.early_stopping_patience
-        if patience > 0 and state.evals_without_improvement >= patience:
-            state.should_stop = True
-        extra = _eval_callback_numbers(eval_callback, unwrapped, step, losses)
-        run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="val",
-                       **{k: float(v) for k, v in losses.items()}, best=improved, best_val_loss=state.best_val_loss,
-                       **extra)
-        if show:
-            progress.set_postfix({"val_" + metric: f"{val_loss:.4f}"})
+    Args:
+        run: the run just set up.
+        checkpoint: a complete checkpoint ([`find_checkpoint`]).
+    """
+    load_checkpoint(run.accelerator, checkpoint, run.scheduler, run.state)
+    if run.state.metric_for_best_model != run.metric:
+        # The best value saved so far is of the other metric: comparing the two would pick the wrong weights.
+        raise ValueError(
+            f"Checkpoint {checkpoint} chose its best weights by {run.state.metric_for_best_model!r}, but this run "
+            f"asks for --metric_for_best_model {run.metric!r}. Resume with --metric_for_best_model "
+            f"{run.state.metric_for_best_model}, or start a new run in another --output_dir."
+        )
+    run.run_logger.truncate(run.state.log_lines)
+    logger.info("Resumed from %s at step %d", checkpoint, run.state.global_step)
 
-    def save_checkpoint() -> None:
-        state.log_lines = run_logger.lines
-        save_checkpoint_atomically(accelerator, output_dir / CHECKPOINTS_DIR, step, scheduler, state)
-        limit = train_args.save_total_limit
-        if accelerator.is_main_process and limit is not None and limit > 0:
-            existing = sorted(
-                (p for p in (output_dir / CHECKPOINTS_DIR).glob("step-*") if re.fullmatch(r"step-\d+", p.name)),
-                key=lambda p: int(p.name.split("-")[1]),
-            )
-            for old in existing[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
+# Steps ----------------------------------------------------------------------------------------------------------------
+
+
+def _train_steps(run: _Run) -> None:
+    """Runs the optimiser steps from `run.state.global_step` (0, or the resumed checkpoint's) to `run.stop_at`, or
+    until early stopping, epoch by epoch.
+
+    Args:
+        run: the set-up (possibly resumed) run; its state, log and progress bar are updated in place.
+    """
+    state = run.state
+    run.trainable = [p for p in run.model.parameters() if p.requires_grad]
+    epoch = state.global_step // run.steps_per_epoch
+    # A resumed run continues inside its epoch: the micro-batches of the steps already taken are skipped.
+    start_micro = (state.global_step % run.steps_per_epoch) * int(run.train_args.gradient_accumulation_steps)
+    run.show = run.accelerator.is_local_main_process and not run.train_args.disable_tqdm
+    run.progress = tqdm(total=run.stop_at, initial=min(state.global_step, run.stop_at), disable=not run.show,
+                        dynamic_ncols=True, desc="pretrain" if run.is_pretraining else "train")
+    run.model.train()
+    run.optimizer.zero_grad(set_to_none=True)
     try:
-        while step < stop_at and not state.should_stop:
-            sampler.set_epoch(epoch)
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(epoch)
-            loader = skip_first_batches(train_loader, start_micro) if start_micro else train_loader
-            micro_index = start_micro
-            for batch in loader:
-                micro_in_step = micro_index % accumulation
-                group_start = micro_index - micro_in_step
-                group_size = min(accumulation, micro_per_epoch - group_start)
-                last_micro = micro_in_step == group_size - 1
-                size = _batch_size(batch)
-                inputs = _model_inputs(batch, keys)
-                noise = seed_for_micro_batch(
-                    seed, step, micro_in_step * accelerator.num_processes + accelerator.process_index, size,
-                    draws, accelerator.device, noise_shape,
-                )
-                if noise is not None:
-                    inputs["mask_noise"] = noise
-                if compiled:
-                    # Marks a new iteration for CUDA graphs (mode reduce-overhead); a no-op counter otherwise.
-                    torch.compiler.cudagraph_mark_step_begin()
-                sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(model)
-                with sync:
-                    outputs = model(**inputs)
-                    loss = outputs.loss
-                    if loss is None:
-                        raise ValueError("The model returned no loss; check that the batch has the targets it needs.")
-                    accelerator.backward(loss / group_size)
-                values = {"loss": loss.detach().float()}
-                for name in ("reconstruction_loss", "distillation_loss"):
-                    extra = getattr(outputs, name, None)
-                    if extra is not None:
-                        values[name] = extra.detach().float()
-                for k, v in values.items():
-                    window[k] = window.get(k, torch.zeros((), device=v.device)) + v
-                window_micro += 1
-                micro_index += 1
-                if not last_micro:
-                    continue
-
-                if train_args.max_grad_norm and train_args.max_grad_norm > 0:
-                    norm = accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
-                    if norm is not None:
-                        window_grad_norm.append(float(norm))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                state.global_step = step
-                progress.update(1)
-
-                will_save = (train_args.save_steps > 0 and (step % train_args.save_steps == 0 or step == stop_at)) or (
-                    step == stop_at and stop_at < total_steps  # an early end (stop_after_steps) must be resumable
-                )
-                if step % train_args.logging_steps == 0 or step == stop_at or will_save:
-                    # Also at checkpoints, so that no partially averaged window is lost by a resume.
-                    reduced = accelerator.reduce(
-                        torch.stack([window[k] for k in sorted(window)]) / max(window_micro, 1), reduction="mean"
-                    )
-                    record = {k: float(v) for k, v in zip(sorted(window), reduced.tolist())}
-                    if window_grad_norm:
-                        record["grad_norm"] = float(np.mean(window_grad_norm))
-                    run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="train",
-                                   lr=float(scheduler.get_last_lr()[0]), **record)
-                    if show:
-                        progress.set_postfix(loss=f"{record['loss']:.4f}")
-                    window, window_micro, window_grad_norm = {}, 0, []
-
-                end_of_epoch = micro_index == micro_per_epoch
-                if train_args.eval_every_steps > 0:
-                    if step % train_args.eval_every_steps == 0:
-                        evaluate_now()
-                elif end_of_epoch:
-                    evaluate_now()
-                if will_save:
-                    save_checkpoint()
-                if step >= stop_at or state.should_stop:
-                    break
-            else:
-                epoch += 1
-                start_micro = 0
-                continue
-            # Broke out of the epoch (stop): leave the while loop.
-            break
+        while state.global_step < run.stop_at and not state.should_stop:
+            if not _train_epoch(run, epoch, start_micro):
+                break  # stopped inside the epoch
+            epoch += 1
+            start_micro = 0
     finally:
-        progress.close()
+        run.progress.close()
 
-    if val_subset is not None and state.last_eval_step != step and step > 0:
-        evaluate_now()
+
+def _train_epoch(run: _Run, epoch: int, start_micro: int) -> bool:
+    """One pass over the training batches of `epoch`, from micro-batch `start_micro` on: forward/backward per
+    micro-batch, and after each group of `gradient_accumulation_steps` the optimiser step, then logging, validation
+    and checkpointing when they are due.
+
+    Args:
+        run: the run.
+        epoch: the epoch (seeds the sampler's order).
+        start_micro: micro-batches of this epoch already trained (a resumed run), 0 otherwise.
+
+    Returns:
+        True if the epoch ran to its end, False if the run stopped inside it (`stop_at` or early stopping).
+    """
+    args = run.train_args
+    accumulation = int(args.gradient_accumulation_steps)
+    run.sampler.set_epoch(epoch)
+    if hasattr(run.train_loader, "set_epoch"):
+        run.train_loader.set_epoch(epoch)
+    loader = skip_first_batches(run.train_loader, start_micro) if start_micro else run.train_loader
+    micro_index = start_micro
+    for batch in loader:
+        micro_in_step = micro_index % accumulation
+        group_start = micro_index - micro_in_step
+        # The last step of an epoch may get fewer micro-batches; its loss is averaged over those it has.
+        group_size = min(accumulation, run.micro_per_epoch - group_start)
+        last_micro = micro_in_step == group_size - 1
+        _forward_backward(run, batch, micro_in_step, group_size, last_micro)
+        micro_index += 1
+        if not last_micro:
+            continue
+
+        _optimizer_step(run)
+        step = run.state.global_step
+        will_save = (args.save_steps > 0 and (step % args.save_steps == 0 or step == run.stop_at)) or (
+            step == run.stop_at and run.stop_at < run.total_steps  # an early end (stop_after_steps) must be resumable
+        )
+        if step % args.logging_steps == 0 or step == run.stop_at or will_save:
+            # Also at checkpoints, so that no partially averaged window is lost by a resume.
+            _log_train_window(run)
+        end_of_epoch = micro_index == run.micro_per_epoch
+        if args.eval_every_steps > 0:
+            if step % args.eval_every_steps == 0:
+                _evaluate(run)
+        elif end_of_epoch:
+            _evaluate(run)
+        if will_save:
+            _save_checkpoint(run)
+        if step >= run.stop_at or run.state.should_stop:
+            return False
+    return True
+
+
+def _forward_backward(
+    run: _Run, batch: dict[str, torch.Tensor], micro_in_step: int, group_size: int, last_micro: bool
+) -> None:
+    """Seeds, runs forward and backward for one micro-batch, and adds its losses to the run's window.
+
+    Args:
+        run: the run.
+        batch: the micro-batch (on the device).
+        micro_in_step: its index among the micro-batches of the current optimiser step.
+        group_size: micro-batches in the current optimiser step (the loss is divided by it).
+        last_micro: the step's last micro-batch: gradients are synchronised over processes only then.
+    """
+    accelerator = run.accelerator
+    size = _batch_size(batch)
+    inputs = _model_inputs(batch, run.keys)
+    noise = seed_for_micro_batch(
+        int(run.train_args.seed), run.state.global_step,
+        micro_in_step * accelerator.num_processes + accelerator.process_index, size, run.draws, accelerator.device,
+        run.noise_shape,
+    )
+    if noise is not None:
+        inputs["mask_noise"] = noise
+    if run.compiled:
+        # Marks a new iteration for CUDA graphs (mode reduce-overhead); a no-op counter otherwise.
+        torch.compiler.cudagraph_mark_step_begin()
+    sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(run.model)
+    with sync:
+        outputs = run.model(**inputs)
+        loss = outputs.loss
+        if loss is None:
+            raise ValueError("The model returned no loss; check that the batch has the targets it needs.")
+        accelerator.backward(loss / group_size)
+    values = {"loss": loss.detach().float()}
+    for name in ("reconstruction_loss", "distillation_loss"):
+        extra = getattr(outputs, name, None)
+        if extra is not None:
+            values[name] = extra.detach().float()
+    run.window.add(values)
+
+
+def _optimizer_step(run: _Run) -> None:
+    """Clips the accumulated gradients (keeping their norm for the log), steps optimiser and scheduler, and counts
+    the step."""
+    max_grad_norm = run.train_args.max_grad_norm
+    if max_grad_norm and max_grad_norm > 0:
+        norm = run.accelerator.clip_grad_norm_(run.trainable, max_grad_norm)
+        if norm is not None:
+            run.window.grad_norms.append(float(norm))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state.global_step += 1
+    run.progress.update(1)
+
+
+def _log_train_window(run: _Run) -> None:
+    """Writes the `"train"` record of the losses since the last one (averaged over processes) and starts a new
+    window."""
+    record = run.window.record(run.accelerator)
+    run.run_logger.log(step=run.state.global_step, epoch=run.epochs_done, split="train",
+                       lr=float(run.scheduler.get_last_lr()[0]), **record)
+    if run.show:
+        run.progress.set_postfix(loss=f"{record['loss']:.4f}")
+    run.window = _LossWindow()
+
+
+# Evaluation -----------------------------------------------------------------------------------------------------------
+
+
+def _evaluate(run: _Run) -> None:
+    """Validates the current weights (if the run has validation windows): updates the best weights and the early
+    stopping count, runs the eval callback and writes the `"val"` record.
+
+    Args:
+        run: the run; `run.state` is updated in place.
+    """
+    if run.val_subset is None:
+        return
+    args, step = run.train_args, run.state.global_step
+    losses = _validation_losses(run.unwrapped, run.val_subset, args.per_device_eval_batch_size, run.accelerator,
+                                run.is_pretraining, run.keys, int(args.seed), run.draws, run.noise_shape,
+                                run.collate_fn, args.num_workers)
+    if not losses:
+        return
+    _check_metric_for_best_model(run.metric, losses, run.unwrapped)  # a part this model's output lacks
+    val_loss = losses[run.metric]
+    improved = _track_best(run.state, val_loss, run.unwrapped, args.early_stopping_patience)
+    extra = _eval_callback_numbers(run.eval_callback, run.unwrapped, step, losses)
+    run.run_logger.log(step=step, epoch=run.epochs_done, split="val", **{k: float(v) for k, v in losses.items()},
+                       best=improved, best_val_loss=run.state.best_val_loss, **extra)
+    if run.show:
+        run.progress.set_postfix({"val_" + run.metric: f"{val_loss:.4f}"})
+
+
+def _track_best(state: TrainerState, val_loss: float, model: torch.nn.Module, patience: int) -> bool:
+    """Records a validation at `state.global_step`: keeps a CPU copy of the weights if `val_loss` is the best so far,
+    else counts it towards early stopping.
+
+    Args:
+        state: the loop state, updated in place (`should_stop` once `patience` validations in a row did not improve).
+        val_loss: the value of the run's `metric_for_best_model` (lower is better).
+        model: the unwrapped model whose weights are kept.
+        patience: `TrainArguments.early_stopping_patience` (<= 0: never stop early).
+
+    Returns:
+        Whether `val_loss` improved on the best so far.
+    """
+    step = state.global_step
+    improved = state.best_val_loss is None or val_loss < state.best_val_loss
+    if improved:
+        state.best_val_loss, state.best_step = val_loss, step
+        state.best_state = _cpu_state(model)
+        state.evals_without_improvement = 0
+    else:
+        state.evals_without_improvement += 1
+    state.last_eval_step = step
+    if patience > 0 and state.evals_without_improvement >= patience:
+        state.should_stop = True
+    return improved
+
+
+# Checkpoints and the end of the run -----------------------------------------------------------------------------------
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Saves `checkpoints/step-N` of the current step (with the log position, so that a resume cuts `log.jsonl` back
+    to it) and removes the checkpoints beyond `save_total_limit`."""
+    run.state.log_lines = run.run_logger.lines
+    root = run.output_dir / CHECKPOINTS_DIR
+    save_checkpoint_atomically(run.accelerator, root, run.state.global_step, run.scheduler, run.state)
+    prune_checkpoints(root, run.train_args.save_total_limit, run.accelerator)
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Ends the run: validates the last weights if the last step was not validated, restores the best weights (with
+    a `"best"` record) and releases what the accelerator prepared.
+
+    Args:
+        run: the run after its last step.
+
+    Returns:
+        The [`TrainResult`] of the run.
+    """
+    state, step = run.state, run.state.global_step
+    if run.val_subset is not None and state.last_eval_step != step and step > 0:
+        _evaluate(run)
     if state.best_state is not None:
-        unwrapped.load_state_dict(state.best_state)
-        run_logger.log(step=step, epoch=round(step / steps_per_epoch, 4), split="best", best_step=state.best_step,
-                       best_val_loss=state.best_val_loss, metric_for_best_model=metric)
-    accelerator.wait_for_everyone()
-    history = run_logger.history
+        run.unwrapped.load_state_dict(state.best_state)
+        run.run_logger.log(step=step, epoch=run.epochs_done, split="best", best_step=state.best_step,
+                           best_val_loss=state.best_val_loss, metric_for_best_model=run.metric)
+    run.accelerator.wait_for_everyone()
     result = TrainResult(
-        model=unwrapped,
+        model=run.unwrapped,
         global_step=step,
-        epochs=round(step / steps_per_epoch, 4),
+        epochs=run.epochs_done,
         best_val_loss=state.best_val_loss,
         best_step=state.best_step,
         stopped_early=bool(state.should_stop),
-        wall_time_s=time.time() - start_time,
-        history=history,
-        accelerator=accelerator,
+        wall_time_s=time.time() - run.start_time,
+        history=run.run_logger.history,
+        accelerator=run.accelerator,
     )
     # Release what was prepared here so that the accelerator can be reused.
-    accelerator.free_memory()
-    unwrapped.eval()
+    run.accelerator.free_memory()
+    run.unwrapped.eval()
     return result
 
 
