@@ -1723,7 +1723,7 @@ def load_pretraining_corpus(
         splits = load_splits(entry, data_dir, context_length, 0, timestamp_column=timestamp_column,
                              split_fractions=split_fractions, sort_timestamps=sort_timestamps)
         if train_fraction != 1.0:
-            splits = _with_last_train_fraction(splits, train_fraction)
+            splits = few_shot_split(splits, train_fraction)
         source = _resolve_source(entry, data_dir).location
         members.append(CorpusMember(
             entry=entry, source=source, splits=splits,
@@ -1738,17 +1738,7 @@ def lookback_splits(load_kwargs: dict[str, Any], train_fraction: float = 1.0) ->
     """One series' look-back-only splits for pre-training: :func:`load_splits` with ``prediction_length=0`` (the
     other ``load_kwargs`` as given), the train split cut to its last ``train_fraction`` of windows."""
     splits = load_splits(**{**load_kwargs, "prediction_length": 0})
-    return _with_last_train_fraction(splits, train_fraction)
-
-
-def _with_last_train_fraction(splits: SplitData, fraction: float) -> SplitData:
-    """``splits`` whose train windows are only the last ``fraction`` (val, test and the scaler unchanged)."""
-    train = splits.train.last_fraction(fraction)
-    if train is splits.train:
-        return splits
-    borders = dict(splits.borders)
-    borders["train"] = (train.start, borders["train"][1])
-    return replace(splits, train=train, borders=borders)
+    return few_shot_split(splits, train_fraction)
 
 
 def few_shot_split(splits: SplitData, fraction: float) -> SplitData:
@@ -1762,19 +1752,10 @@ def few_shot_split(splits: SplitData, fraction: float) -> SplitData:
     from). The returned train split is a shallow copy of the original window dataset over the kept rows (its
     `start` and `borders["train"]` say where they begin); `fraction` 1 returns `splits` itself.
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
-        raise ValueError(f"The train fraction must be a number in (0, 1], got {fraction!r}.")
-    train = splits.train
-    total = len(train)
-    if float(fraction) == 1.0 or total == 0:
+    train = splits.train.last_fraction(fraction)  # checks `fraction`; the same dataset when nothing is cut
+    if train is splits.train:
         return splits
-    keep = min(total, max(1, math.ceil(round(float(fraction) * total, 9))))
-    offset = total - keep
-    kept = copy.copy(train)  # the same kind of window dataset (forecast or look-back-only) over the kept rows
-    kept.values = train.values[offset:]
-    kept.observed_mask = train.observed_mask[offset:]
-    kept.start = train.start + offset
     borders = dict(splits.borders)
     if "train" in borders:
-        borders["train"] = (borders["train"][0] + offset, borders["train"][1])
-    return replace(splits, train=kept, borders=borders)
+        borders["train"] = (borders["train"][0] + train.start - splits.train.start, borders["train"][1])
+    return replace(splits, train=train, borders=borders)
