@@ -15,8 +15,18 @@ Where the data comes from
   ``<name>.csv`` or ``<name>.parquet`` is looked up in the data directory: the ``data_dir``
   argument, else the environment variable ``HIMTM_DATA_DIR``, else ``../shared/data`` relative
   to the project root (the folder that contains the ``himtm_hf`` package) if it exists;
+* an existing ``.arrow`` file, or a local dataset folder laid out like a Hub dataset repository
+  (data files, optionally a ``README.md`` dataset card naming them per split and configuration);
 * anything else containing a ``/`` (and not looking like a file path) is treated as a Hugging
-  Face Hub dataset repository id; its ``train`` split (or its only split) is used.
+  Face Hub dataset repository id (offline: from the local ``datasets`` cache);
+  ``dataset_config`` names one of its configurations.
+
+Two layouts are read: a **wide table** (one column per channel, one row per time step; of a folder
+or Hub dataset its ``train`` split, or its only split), and the **target-sequence schema** (one row
+per series with a ``target`` sequence: the GluonTS / Chronos layout of most Hub time-series
+datasets, recognised by its sequence-valued columns; see :mod:`himtm_hf.panel`). A wide table with
+``id_column`` is a **long table**: the rows of many series, told apart by that column. A dataset of
+several series is a panel: :func:`load_splits` returns a :class:`himtm_hf.panel.PanelSplitData`.
 
 Column roles
 ------------
@@ -139,6 +149,7 @@ __all__ = [
     "lookback_splits",
     "resolve_benchmark_name",
     "select_datasets",
+    "series_splits",
     "split_dataset_list",
     "strided_indices",
 ]
@@ -174,7 +185,7 @@ _ALIASES: dict[str, str] = {
     "ecl": "electricity",
 }
 
-_FILE_SUFFIXES: tuple[str, ...] = (".csv.gz", ".csv", ".parquet")
+_FILE_SUFFIXES: tuple[str, ...] = (".csv.gz", ".csv", ".parquet", ".arrow")
 
 # Fixed row counts (train, val, test) of the ETT protocol.
 _ETT_HOUR_SPLITS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)
@@ -193,12 +204,14 @@ TimestampArg = str | Literal[False] | None
 
 @dataclass(frozen=True)
 class _Source:
-    kind: Literal["csv", "parquet", "hub"]
+    kind: Literal["csv", "parquet", "arrow", "folder", "hub"]
     location: str
     name: str
 
     def describe(self) -> str:
-        return f"Hub dataset {self.location!r}" if self.kind == "hub" else f"file {self.location}"
+        if self.kind == "hub":
+            return f"Hub dataset {self.location!r}"
+        return f"dataset folder {self.location}" if self.kind == "folder" else f"file {self.location}"
 
 
 def resolve_benchmark_name(name: str) -> str | None:
@@ -219,12 +232,14 @@ def default_data_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def _file_kind(path: Path) -> Literal["csv", "parquet"] | None:
+def _file_kind(path: Path) -> Literal["csv", "parquet", "arrow"] | None:
     name = path.name.lower()
     if name.endswith(".csv") or name.endswith(".csv.gz"):
         return "csv"
     if name.endswith(".parquet"):
         return "parquet"
+    if name.endswith(".arrow"):
+        return "arrow"
     return None
 
 
@@ -259,8 +274,12 @@ def _resolve_source(dataset: str | os.PathLike[str], data_dir: str | os.PathLike
     if path.is_file():
         kind = _file_kind(path)
         if kind is None:
-            raise ValueError(f"Unsupported file type for {path}: expected a .csv, .csv.gz or .parquet file.")
+            raise ValueError(f"Unsupported file type for {path}: expected a .csv, .csv.gz, .parquet or .arrow file.")
         return _Source(kind, str(path), _stem(path))
+    if path.is_dir():
+        # A local dataset folder laid out like a Hub dataset repository (data files, optionally a dataset card);
+        # like `datasets.load_dataset`, an existing folder wins over a Hub id of the same spelling.
+        return _Source("folder", str(path), path.resolve().name)
 
     canonical = resolve_benchmark_name(text)
     if canonical is not None:
@@ -298,7 +317,7 @@ def _resolve_source(dataset: str | os.PathLike[str], data_dir: str | os.PathLike
 
     if _looks_like_path(text):
         raise FileNotFoundError(
-            f"Data file {path} does not exist. Pass an existing .csv/.csv.gz/.parquet file, a "
+            f"Data file {path} does not exist. Pass an existing .csv/.csv.gz/.parquet/.arrow file or dataset folder, a "
             f"benchmark name ({', '.join(BENCHMARKS)}) or a Hub dataset repo id ('owner/name')."
         )
     if "/" in text:
@@ -417,8 +436,8 @@ def _check_csv_file(path: str) -> None:
 
 
 def _load_dataset_file(source: _Source) -> datasets.Dataset:
-    """``datasets.load_dataset`` for a local csv/parquet file; its errors are re-raised as ValueErrors naming the
-    file (a last line of defence: `_check_csv_file` catches the common malformed CSVs first)."""
+    """``datasets.load_dataset`` for a local csv/parquet/arrow file; its errors are re-raised as ValueErrors naming
+    the file (a last line of defence: `_check_csv_file` catches the common malformed CSVs first)."""
     try:
         if source.kind == "csv":
             # Read every column as text so that (a) no chunk-wise type inference can go wrong and
@@ -426,38 +445,67 @@ def _load_dataset_file(source: _Source) -> datasets.Dataset:
             header = pd.read_csv(source.location, nrows=0)
             features = datasets.Features({str(c): datasets.Value("string") for c in header.columns})
             return datasets.load_dataset("csv", data_files=source.location, split="train", features=features)
-        return datasets.load_dataset("parquet", data_files=source.location, split="train")
+        return datasets.load_dataset(source.kind, data_files=source.location, split="train")
     except (ValueError, OSError, EOFError, UnicodeDecodeError, pa.ArrowException,
             datasets.exceptions.DatasetGenerationError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         cause = error.__cause__ or error.__context__ or error
-        what = "a parquet file" if source.kind == "parquet" else "CSV"
+        what = {"parquet": "a parquet file", "arrow": "an Arrow file"}.get(source.kind, "CSV")
         raise ValueError(
             f"File {source.location} could not be read as {what}: {type(cause).__name__}: {cause}. Check that the "
             f"file is complete and in that format."
         ) from error
 
 
-def _load_table(source: _Source) -> pa.Table:
-    """Load the whole source through ``datasets`` as one Arrow table."""
+def _load_repository(source: _Source, dataset_config: str | None) -> datasets.DatasetDict | datasets.Dataset:
+    """``datasets.load_dataset`` for a Hub repo id or a local dataset folder, with errors that say what to do."""
+    try:
+        return datasets.load_dataset(source.location, name=dataset_config)
+    except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
+        offline = "HF_HUB_OFFLINE is set, so " if datasets.config.HF_HUB_OFFLINE else ""
+        raise FileNotFoundError(
+            f"{source.describe()} could not be loaded ({type(error).__name__}: {error}). {offline}A Hub dataset "
+            f"must be in the local `datasets` cache ({datasets.config.HF_DATASETS_CACHE}) from an earlier online "
+            f"load when offline; online, check the repo id (owner/name) and your access to it. A local folder must "
+            f"hold data files (parquet, arrow, csv, json), optionally with a README.md dataset card naming them."
+        ) from error
+    except ValueError as error:
+        if "config" not in str(error).lower():
+            raise
+        raise ValueError(
+            f"{source.describe()}: {error} Name one of its configurations with --dataset_config (Python: "
+            f"dataset_config=...)."
+        ) from error
+
+
+def _load_source(source: _Source, dataset_config: str | None = None) -> datasets.DatasetDict | datasets.Dataset:
+    """Everything the source holds, through ``datasets``: a Dataset (one local file) or a DatasetDict (a Hub
+    repository or local dataset folder, one entry per split)."""
+    if dataset_config is not None and source.kind not in ("hub", "folder"):
+        raise ValueError(
+            f"dataset_config={dataset_config!r} names a configuration of a Hub dataset or dataset folder, but "
+            f"{source.describe()} is a single file; leave dataset_config out."
+        )
     if source.kind == "csv":
         _check_csv_file(source.location)
-    if source.kind in ("csv", "parquet"):
-        ds = _load_dataset_file(source)
-    else:
-        loaded = datasets.load_dataset(source.location)
-        if isinstance(loaded, datasets.DatasetDict):
-            if "train" in loaded:
-                ds = loaded["train"]
-            elif len(loaded) == 1:
-                ds = next(iter(loaded.values()))
-            else:
-                raise ValueError(
-                    f"Hub dataset {source.location!r} has splits {list(loaded)} and none is called "
-                    f"'train'; save the series you want as one split named 'train'."
-                )
+    if source.kind in ("csv", "parquet", "arrow"):
+        return _load_dataset_file(source)
+    return _load_repository(source, dataset_config)
+
+
+def _wide_table(loaded: datasets.DatasetDict | datasets.Dataset, source: _Source) -> pa.Table:
+    """The one wide table (one column per channel, one row per time step) of a loaded source: its ``train`` split,
+    or its only split."""
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" in loaded:
+            loaded = loaded["train"]
+        elif len(loaded) == 1:
+            loaded = next(iter(loaded.values()))
         else:
-            ds = loaded
-    return ds.with_format("arrow")[:]
+            raise ValueError(
+                f"{source.describe()} has splits {list(loaded)} and none is called 'train'; save the series you "
+                f"want as one split named 'train'."
+            )
+    return loaded.with_format("arrow")[:]
 
 
 def _row_hint(source: _Source, row: int) -> str:
@@ -695,11 +743,16 @@ def load_series(
     timestamp_column: TimestampArg = None,
     target_columns: Sequence[str] | str | None = None,
     sort_timestamps: bool = False,
+    dataset_config: str | None = None,
+    id_column: str | None = None,
+    freq: str | None = None,
 ) -> tuple[pd.DataFrame, pd.Index | None, str]:
     """Load a multivariate series.
 
     Args:
-        dataset: a file path (.csv, .csv.gz, .parquet), a benchmark name or a Hub repo id.
+        dataset: a file path (.csv, .csv.gz, .parquet, .arrow), a dataset folder, a benchmark name or a Hub repo
+            id. A dataset in the target-sequence schema (see :mod:`himtm_hf.panel`) must hold one series here
+            (several: :func:`load_splits` windows them as a panel).
         data_dir: folder holding the benchmark files (default: ``$HIMTM_DATA_DIR``, else
             ``<project>/../shared/data``).
         timestamp_column: name of the timestamp column; False means no timestamp column; None means
@@ -715,6 +768,7 @@ def load_series(
         sort_timestamps: the timestamps must be unique and strictly increasing; by default rows out of
             order are an error naming the first one. True sorts the rows by timestamp instead (stable).
             Duplicated timestamps are an error either way.
+        dataset_config, id_column, freq: for Hub datasets and dataset folders, see :func:`load_splits`.
 
     Returns:
         ``(values, timestamps, name)``: a float64 DataFrame (one column per target, NaN for
@@ -722,7 +776,34 @@ def load_series(
         for a timestamp column of numbers such as epoch seconds) or None, and the dataset name.
     """
     source = _resolve_source(dataset, data_dir)
-    table = _load_table(source)
+    loaded = _load_source(source, dataset_config)
+    from .panel import is_target_schema, single_series
+
+    if is_target_schema(loaded):
+        return single_series(loaded, source, timestamp_column, target_columns, id_column, freq)
+    _refuse_panel_options(source, id_column, freq)
+    return _series_from_table(_wide_table(loaded, source), source, timestamp_column, target_columns, sort_timestamps)
+
+
+def _refuse_panel_options(source: _Source, id_column: str | None, freq: str | None) -> None:
+    if freq is not None:
+        raise ValueError(
+            f"freq applies to datasets in the target-sequence schema (one row per series with a `target` sequence and "
+            f"a `start`), but {source.describe()} is a table with a row per time step (its timestamp column gives "
+            f"the time axis); leave freq out."
+        )
+    if id_column is not None:
+        raise ValueError(
+            f"id_column names the series of a dataset of many series; load_series reads one series from "
+            f"{source.describe()}. Use load_splits(..., id_column={id_column!r}), which windows them as a panel."
+        )
+
+
+def _series_from_table(
+    table: pa.Table, source: _Source, timestamp_column: TimestampArg, target_columns: Sequence[str] | str | None,
+    sort_timestamps: bool,
+) -> tuple[pd.DataFrame, pd.Index | None, str]:
+    """:func:`load_series` for a wide table (one column per channel, one row per time step)."""
     columns = [str(c) for c in table.column_names]
     if table.num_rows == 0:
         raise ValueError(f"{source.describe()} has no data rows (columns: {columns}).")
@@ -1356,13 +1437,18 @@ def load_splits(
     split_fractions: Sequence[float] | None = None,
     split_dates: Sequence[Any] | None = None,
     sort_timestamps: bool = False,
+    dataset_config: str | None = None,
+    id_column: str | None = None,
+    freq: str | None = None,
+    short_series: Literal["skip", "error"] = "skip",
 ) -> SplitData:
-    """Load a series, split it by rows, standardise with train statistics, and window it.
+    """Load a series (or a panel of many), split it by rows, standardise with train statistics, and window it.
 
-    See the module docstring for the data sources, the split protocol and the NaN policy.
+    See the module docstring for the data sources, the split protocol and the NaN policy, and :mod:`himtm_hf.panel`
+    for datasets in the target-sequence schema (one row per series).
 
     Args:
-        dataset: file path, benchmark name or Hub repo id.
+        dataset: file path, dataset folder, benchmark name or Hub repo id.
         data_dir: folder with the benchmark files (default ``$HIMTM_DATA_DIR`` or
             ``<project>/../shared/data``).
         context_length: look-back length L (val/test start L rows early).
@@ -1377,9 +1463,14 @@ def load_splits(
             for a numeric time column).
         sort_timestamps: sort the rows by timestamp instead of refusing rows out of order; windows
             are consecutive rows, so the timestamps must be unique and increasing either way.
+        dataset_config: the configuration (``name``) of a Hub dataset or dataset folder that has several.
+        id_column: target-sequence schema: the column naming each series (default ``item_id`` or ``id``).
+        freq: target-sequence schema: the pandas frequency of ``start`` when the dataset has no ``freq`` column.
+        short_series: target-sequence schema with several series: ``"skip"`` drops a series with no train window
+            (with a warning that counts them), ``"error"`` refuses it.
 
     Returns:
-        A :class:`SplitData`.
+        A :class:`SplitData`; for a dataset of several series a :class:`himtm_hf.panel.PanelSplitData`.
     """
     if int(context_length) < 1 or int(prediction_length) < 0:
         raise ValueError(
@@ -1387,22 +1478,46 @@ def load_splits(
             f"windows), got {context_length}, {prediction_length}."
         )
     context_length, prediction_length = int(context_length), int(prediction_length)
-    frame, timestamps, name = load_series(dataset, data_dir, timestamp_column, target_columns, sort_timestamps)
-    n = len(frame)
-    protocol = resolve_benchmark_name(name) or name
-    sizes = _split_sizes(protocol, n, timestamps, split_fractions, split_dates)
-    borders = compute_borders(sizes, context_length)
-    needed = context_length + prediction_length
+    source = _resolve_source(dataset, data_dir)
+    loaded = _load_source(source, dataset_config)
+    from .panel import is_target_schema, panel_splits
 
-    for split in ("test", "train"):
+    if is_target_schema(loaded):
+        return panel_splits(
+            loaded, source, context_length, prediction_length, timestamp_column=timestamp_column,
+            target_columns=target_columns, split_fractions=split_fractions, split_dates=split_dates,
+            id_column=id_column, freq=freq, short_series=short_series,
+        )
+    if id_column is not None:  # a long table: the rows of many series, told apart by the id column
+        from .panel import long_table_splits
+
+        _refuse_panel_options(source, None, freq)
+        return long_table_splits(_wide_table(loaded, source), source, id_column, context_length, prediction_length,
+                                 timestamp_column, target_columns, split_fractions, split_dates, sort_timestamps,
+                                 short_series)
+    _refuse_panel_options(source, id_column, freq)
+    frame, timestamps, name = _series_from_table(_wide_table(loaded, source), source, timestamp_column,
+                                                 target_columns, sort_timestamps)
+    protocol = resolve_benchmark_name(name) or name
+    sizes = _split_sizes(protocol, len(frame), timestamps, split_fractions, split_dates)
+    hint_fractions = None
+    if split_fractions is not None or (split_dates is None and protocol not in _ETT_NAMES):
+        hint_fractions = _check_fractions(split_fractions) if split_fractions is not None else _DEFAULT_FRACTIONS
+    return series_splits(frame, timestamps, name, sizes, context_length, prediction_length, hint_fractions)
+
+
+def _check_long_enough(
+    name: str, n: int, borders: dict[str, tuple[int, int]], context_length: int, prediction_length: int,
+    hint_fractions: tuple[float, float, float] | None, require_test: bool,
+) -> None:
+    """Raises when the train (or test) split of a series holds no window; warns when the val split holds none."""
+    needed = context_length + prediction_length
+    for split in ("test", "train") if require_test else ("train",):
         start, end = borders[split]
         if end - start < needed:
             hint = ""
-            if split_fractions is not None or (split_dates is None and protocol not in _ETT_NAMES):
-                fractions = (
-                    _check_fractions(split_fractions) if split_fractions is not None else _DEFAULT_FRACTIONS
-                )
-                minimum = _min_rows_needed(fractions, context_length, needed)
+            if hint_fractions is not None:
+                minimum = _min_rows_needed(hint_fractions, context_length, needed)
                 if minimum is not None:
                     hint = f" With these split fractions the series needs at least {minimum} rows in total."
             raise ValueError(
@@ -1412,13 +1527,38 @@ def load_splits(
                 f"or a smaller context_length / prediction_length."
             )
     val_rows = borders["val"][1] - borders["val"][0]
-    if val_rows < needed:
+    if val_rows < needed and require_test:
         warnings.warn(
             f"The val split of {name!r} has {val_rows} rows, fewer than the "
             f"{_window_rows_text(context_length, prediction_length)} of one window: it has no windows.",
-            stacklevel=2,
+            stacklevel=3,
         )
 
+
+def series_splits(
+    frame: pd.DataFrame,
+    timestamps: pd.Index | None,
+    name: str,
+    sizes: tuple[int, int, int],
+    context_length: int,
+    prediction_length: int,
+    hint_fractions: tuple[float, float, float] | None = None,
+    require_test: bool = True,
+) -> SplitData:
+    """One series' :class:`SplitData` from its values and split sizes: the core of :func:`load_splits`.
+
+    Args:
+        frame: ``(rows, channels)`` float64 values, NaN for missing ones (column names are the channel names).
+        timestamps: the rows' timestamps, or None.
+        name: the series' name (in messages and ``SplitData.name``).
+        sizes: ``(train, val, test)`` rows; val and test windows look back into the rows before them.
+        context_length, prediction_length: L and H (0 = look-back-only windows).
+        hint_fractions: the split fractions, to say how long a too-short series must be.
+        require_test: a test split without a window is an error (else allowed: a short member of a panel).
+    """
+    n = len(frame)
+    borders = compute_borders(sizes, context_length)
+    _check_long_enough(name, n, borders, context_length, prediction_length, hint_fractions, require_test)
     raw = frame.to_numpy(dtype=np.float64)
     columns = [str(c) for c in frame.columns]
     scaler = SeriesScaler().fit(raw[: borders["train"][1]], columns)
@@ -1614,7 +1754,9 @@ class CorpusMember:
 
     def to_dict(self) -> dict[str, Any]:
         borders = self.splits.borders
+        panel = getattr(self.splits, "describe", None)  # a dataset of many series (himtm_hf.panel.PanelSplitData)
         return {
+            **({"panel": panel()} if panel is not None else {}),
             "name": self.name,
             "entry": self.entry,
             "source": self.source,
@@ -1698,6 +1840,9 @@ def load_pretraining_corpus(
     split_fractions: Sequence[float] | None = None,
     sort_timestamps: bool = False,
     train_fraction: float = 1.0,
+    id_column: str | None = None,
+    freq: str | None = None,
+    short_series: Literal["skip", "error"] = "skip",
 ) -> PretrainingCorpus:
     """Loads several datasets for channel-independent pre-training.
 
@@ -1712,6 +1857,8 @@ def load_pretraining_corpus(
     contributes at most that many univariate windows per split, an evenly strided subset over its windows and
     channels, so no dataset dominates while each still covers its whole time range. ``train_fraction`` < 1 keeps
     only the last fraction of each member's train windows (before the cap; see ``DataArguments.train_fraction``).
+    A member may be a dataset of many series (:mod:`himtm_hf.panel`): its windows are those of all its series, each
+    standardised by its own train rows; ``id_column``, ``freq`` and ``short_series`` apply to such members.
     """
     if max_windows_per_dataset is not None and int(max_windows_per_dataset) < 1:
         raise ValueError(f"--max_windows_per_dataset must be >= 1 (or not given), got {max_windows_per_dataset}.")
@@ -1721,7 +1868,8 @@ def load_pretraining_corpus(
     members = []
     for entry in entries:
         splits = load_splits(entry, data_dir, context_length, 0, timestamp_column=timestamp_column,
-                             split_fractions=split_fractions, sort_timestamps=sort_timestamps)
+                             split_fractions=split_fractions, sort_timestamps=sort_timestamps, id_column=id_column,
+                             freq=freq, short_series=short_series)
         if train_fraction != 1.0:
             splits = few_shot_split(splits, train_fraction)
         source = _resolve_source(entry, data_dir).location

@@ -2,21 +2,44 @@
 
 >>> pipe = HiMTMForecastPipeline.from_pretrained("outputs/etth1-96")    # model + scaler.json
 >>> forecast = pipe(history_df, timestamp_column="date", horizon=96)   # DataFrame of future rows
+>>> forecasts = pipe(long_df, id_column="item_id")                     # many series: one forecast per id
 
 What happens to the frame:
 
 1. checks: a timestamp column that parses as datetimes (or is numeric), sorted, without duplicates and at a regular
    step; value columns that are exactly the scaler's columns (by name, any order); numeric values (NaN = missing);
-   at least one patch (``config.patch_length``) of rows;
-2. every value column is standardised with the saved scaler (the training split's global mean/std: the same
-   transform as in training); missing values are marked unobserved;
+   at least one patch (``config.patch_length``) of rows. With ``id_column`` the frame is a *long* table of many
+   series (each id's rows need not be contiguous): the id column must exist and have no missing id, and every
+   series (its rows, in frame order) must pass these checks on its own; an error names the series' id;
+2. every value column is standardised. With a plain ``scaler.json`` (a :class:`~himtm_hf.data.SeriesScaler`: the
+   training split's global mean/std) every series uses it: the same transform as in training. A model fine-tuned
+   on a panel saves a :class:`~himtm_hf.panel.PanelScaler` (one mean/std per series id): a series whose id the
+   panel held uses its saved statistics (again the training transform), and a series it did not hold (or any
+   frame given without ``id_column``) is standardised with the mean/std of its own given history (why that is
+   sound: below); missing values are marked unobserved;
 3. the look-back is the last ``context_length`` rows; a shorter history is left-padded with zeros whose observed
-   mask is 0, so the model's per-instance scaling ignores them;
+   mask is 0, so the model's per-instance scaling ignores them. The look-backs of all series of a long frame are
+   forecast together in batches (``batch_size`` series per model call; every look-back is exactly
+   ``context_length`` rows after padding, so a batch gives each series the forecast it gets alone);
 4. the model forecasts ``prediction_length`` steps. A longer ``horizon`` is rolled out autoregressively: each
    forecast is appended to the history as if observed and the model is run again. Errors compound with every
    roll-out step, so forecasts far beyond ``prediction_length`` are increasingly unreliable;
-5. forecasts are inverse-transformed to the original units and returned with timestamps that continue the input's
-   frequency (``pd.infer_freq``; if pandas finds no frequency alias but the steps are all equal, that step).
+5. forecasts are inverse-transformed to the original units (with the statistics that standardised the series) and
+   returned with timestamps that continue the input's frequency (``pd.infer_freq``; if pandas finds no frequency
+   alias but the steps are all equal, that step), per series for a long frame, which may mix frequencies.
+
+Series the panel did not hold
+-----------------------------
+Why such a series may be standardised with the mean/std of its own history: the standardisation is a per-channel
+affine map ``z = (x - mean) / std`` applied to the input and inverted on the output, and the model normalises every
+look-back window by its own instance statistics first (``config.scaling="std"``, the default: the observed mean and
+std of the window, per channel; unobserved steps are set to 0 *after* that normalisation). That normalisation
+removes any affine map of the window, so the forecast in original units does not depend on which mean/std was used,
+as long as the same ones standardise the input and invert the output (up to float32 rounding and the
+``minimum_scale`` floor): the series' own statistics are as good as the training ones. With ``scaling="mean"``
+(scale only) or ``None`` the statistics do matter; the series' own mean/std is then the same kind of transform that
+panel training applied to each series (the mean/std of its own train rows), the closest stand-in for one it never
+saw.
 """
 
 from __future__ import annotations
@@ -33,6 +56,7 @@ import torch
 
 from .data import SeriesScaler
 from .modeling_himtm import HiMTMForPrediction, _local_location
+from .panel import PanelScaler, load_scaler
 
 __all__ = ["HiMTMForecastPipeline", "TimeAxis", "infer_time_axis"]
 
@@ -146,20 +170,52 @@ def infer_time_axis(stamps: pd.Series | pd.Index, column: str) -> TimeAxis:
     return TimeAxis(last=index[-1], freq=freq, kind="datetime", tz=index.tz)
 
 
+def _scaler_columns(scaler: SeriesScaler | PanelScaler) -> list[str]:
+    if isinstance(scaler, PanelScaler):
+        return list(scaler.columns)
+    return list(scaler.columns or [str(i) for i in range(scaler.num_columns)])
+
+
+@dataclass
+class _Series:
+    """One series of a frame, ready for the model: its id (None for a single-series frame), its values in the
+    pipeline's column order, the scaler that standardises it, its time axis and the input frame's value columns."""
+
+    key: Any
+    values: np.ndarray
+    scaler: SeriesScaler
+    columns: list[Any]
+    axis: TimeAxis
+
+
 class HiMTMForecastPipeline:
     """Forecasts a DataFrame with a :class:`HiMTMForPrediction` and the scaler it was trained with.
 
     Args:
         model: the forecaster (its ``num_input_channels`` must equal the scaler's column count).
-        scaler: the training split's :class:`~himtm_hf.data.SeriesScaler` (``scaler.json``); its column names
-            are the value columns the frame must have.
+        scaler: the scaler saved with the model (``scaler.json``): a :class:`~himtm_hf.data.SeriesScaler` (the
+            training split's statistics, used for every series) or a :class:`~himtm_hf.panel.PanelScaler` (a model
+            fine-tuned on a panel: one scaler per series id; see the module docstring for series it did not hold).
+            Its column names are the value columns the frame must have.
         device: where to run the model (default: the model's device).
+
+    ``batch_size`` (default 256) is how many series of a long frame go through the model in one call.
     """
 
-    def __init__(self, model: HiMTMForPrediction, scaler: SeriesScaler, device: str | torch.device | None = None):
-        if scaler.mean is None or scaler.std is None:
+    batch_size: int = 256
+
+    def __init__(
+        self,
+        model: HiMTMForPrediction,
+        scaler: SeriesScaler | PanelScaler,
+        device: str | torch.device | None = None,
+    ):
+        if isinstance(scaler, PanelScaler):
+            if not scaler.columns:
+                raise ValueError("The panel scaler names no columns; load it from the model's scaler.json.")
+        elif scaler.mean is None or scaler.std is None:
             raise ValueError("The scaler is not fitted; load it from the model's scaler.json.")
-        columns = scaler.columns or [str(i) for i in range(scaler.num_columns)]
+        columns = _scaler_columns(scaler)
         if model.config.num_input_channels != len(columns):
             raise ValueError(
                 f"The model expects {model.config.num_input_channels} channels but the scaler has {len(columns)} "
@@ -177,27 +233,30 @@ class HiMTMForecastPipeline:
         cls,
         model_name_or_path: str | os.PathLike[str],
         device: str | torch.device | None = None,
-        scaler: SeriesScaler | None = None,
+        scaler: SeriesScaler | PanelScaler | None = None,
         **model_kwargs: Any,
     ) -> HiMTMForecastPipeline:
         """Loads the model and ``scaler.json`` from a trained output folder or a Hub repo id.
 
-        Extra keyword arguments go to ``HiMTMForPrediction.from_pretrained`` (e.g. ``revision``, ``cache_dir``,
-        ``token``, which are also used to fetch ``scaler.json`` from the Hub). ``scaler`` overrides the saved one.
+        ``scaler.json`` may hold either kind of scaler (:func:`himtm_hf.panel.load_scaler`): a
+        :class:`~himtm_hf.data.SeriesScaler` or, for a model fine-tuned on a panel, a
+        :class:`~himtm_hf.panel.PanelScaler`. Extra keyword arguments go to ``HiMTMForPrediction.from_pretrained``
+        (e.g. ``revision``, ``cache_dir``, ``token``, which are also used to fetch ``scaler.json`` from the Hub).
+        ``scaler`` overrides the saved one.
         """
         # A path that can only be local and does not exist is named as such, not reported as a bad Hub repo id.
         model_name_or_path = _local_location(model_name_or_path)
         path = Path(model_name_or_path)
         if scaler is None:
             if path.is_dir():
-                scaler = SeriesScaler.load(path)
+                scaler = load_scaler(path)
             else:
                 from huggingface_hub import hf_hub_download
 
                 hub_kwargs = {k: model_kwargs[k] for k in ("revision", "cache_dir", "token") if k in model_kwargs}
                 scaler_path = hf_hub_download(str(model_name_or_path), SeriesScaler.FILE_NAME, **hub_kwargs)
-                scaler = SeriesScaler.load(scaler_path)
-        model_kwargs.setdefault("num_input_channels", len(scaler.columns or []) or scaler.num_columns)
+                scaler = load_scaler(scaler_path)
+        model_kwargs.setdefault("num_input_channels", len(_scaler_columns(scaler)))
         model = HiMTMForPrediction.from_pretrained(model_name_or_path, **model_kwargs)
         return cls(model, scaler, device=device)
 
@@ -214,8 +273,10 @@ class HiMTMForecastPipeline:
         return int(self.model.config.patch_length)
 
     # ------------------------------------------------------------------------------------------------------------
-    def _check_columns(self, frame: pd.DataFrame, timestamp_column: str | None) -> list[str]:
-        value_columns = [c for c in frame.columns if c != timestamp_column]
+    def _check_columns(
+        self, frame: pd.DataFrame, timestamp_column: str | None, id_column: Any = None
+    ) -> list[str]:
+        value_columns = [c for c in frame.columns if c != timestamp_column and (id_column is None or c != id_column)]
         names = [str(c) for c in value_columns]
         if len(set(names)) != len(names):
             raise ValueError(f"The frame has duplicated column names: {names}.")
@@ -227,10 +288,18 @@ class HiMTMForecastPipeline:
                 parts.append(f"missing {missing}")
             if extra:
                 parts.append(f"unexpected {extra}")
+            hint = ""
+            if id_column is None:
+                ids = [c for c, n in zip(value_columns, names) if n in extra and _looks_like_ids(frame[c])]
+                if ids:
+                    hint = (f" If {str(ids[0])!r} tells several series apart, pass id_column={str(ids[0])!r} to "
+                            "forecast each of them.")
             raise ValueError(
                 f"The frame's value columns do not match the columns the model was trained on: {'; '.join(parts)}. "
-                f"Expected exactly {self.columns} besides the timestamp column {timestamp_column!r} "
-                "(select them with df[[timestamp_column, *columns]])."
+                f"Expected exactly {self.columns} besides the timestamp column {timestamp_column!r}"
+                + (" (select them with df[[timestamp_column, *columns]])." if id_column is None else
+                   f" and the id column {id_column!r} (select them with df[[id_column, timestamp_column, *columns]]).")
+                + hint
             )
         return [value_columns[names.index(c)] for c in self.columns]
 
@@ -261,7 +330,8 @@ class HiMTMForecastPipeline:
             arrays.append(values)
         return np.stack(arrays, axis=1)
 
-    def _validate(self, df: pd.DataFrame, timestamp_column: str | None) -> tuple[np.ndarray, list[Any], TimeAxis]:
+    @staticmethod
+    def _check_frame(df: pd.DataFrame, timestamp_column: str | None) -> None:
         if not isinstance(df, pd.DataFrame):
             raise ValueError(f"Expected a pandas.DataFrame, got {type(df).__name__}.")
         if timestamp_column is None:
@@ -269,16 +339,17 @@ class HiMTMForecastPipeline:
                 raise ValueError(
                     "timestamp_column=None needs a DatetimeIndex; pass the name of the timestamp column instead."
                 )
-            stamps: Any = df.index
-        else:
-            if timestamp_column not in df.columns:
-                raise ValueError(
-                    f"No timestamp column {timestamp_column!r} in the frame; columns are {list(map(str, df.columns))}. "
-                    "Pass timestamp_column=<name of the column with the timestamps>."
-                )
-            stamps = df[timestamp_column]
+        elif timestamp_column not in df.columns:
+            raise ValueError(
+                f"No timestamp column {timestamp_column!r} in the frame; columns are {list(map(str, df.columns))}. "
+                "Pass timestamp_column=<name of the column with the timestamps>."
+            )
         if len(df) == 0:
             raise ValueError("The frame is empty.")
+
+    def _validate(self, df: pd.DataFrame, timestamp_column: str | None) -> tuple[np.ndarray, list[Any], TimeAxis]:
+        self._check_frame(df, timestamp_column)
+        stamps: Any = df.index if timestamp_column is None else df[timestamp_column]
         columns = self._check_columns(df, timestamp_column)
         if len(df) < self.patch_length:
             raise ValueError(
@@ -289,8 +360,116 @@ class HiMTMForecastPipeline:
         axis = infer_time_axis(stamps, str(timestamp_column) if timestamp_column is not None else "index")
         return values, columns, axis
 
+    def _series_scaler(self, key: Any, values: np.ndarray) -> SeriesScaler:
+        """The scaler of one series: the plain scaler; a panel's saved statistics of a known id; else (an id the panel
+        did not hold, or ``key`` None) the mean/std of the series' own history (see the module docstring)."""
+        if not isinstance(self.scaler, PanelScaler):
+            return self.scaler
+        known = None if key is None else self.scaler.for_item(key)
+        if known is not None:
+            return known
+        empty = [self.columns[i] for i in np.flatnonzero(np.isnan(values).all(axis=0))]
+        if empty:
+            raise ValueError(
+                f"Column(s) {empty} have no observed value in the history; the model cannot forecast a series it does "
+                "not see (and a series the panel did not hold is standardised with the statistics of its history)."
+            )
+        return SeriesScaler().fit(values, columns=self.columns)
+
+    def _long_frame_series(
+        self, df: pd.DataFrame, timestamp_column: str | None, id_column: Any
+    ) -> list[_Series]:
+        """Splits a long frame into its series (ids in order of first appearance) and checks each one."""
+        self._check_frame(df, timestamp_column)
+        if id_column not in df.columns:
+            raise ValueError(
+                f"No id column {id_column!r} in the frame; columns are {list(map(str, df.columns))}. Pass "
+                "id_column=<name of the column that tells the series apart>, or id_column=None for a frame that "
+                "holds one series."
+            )
+        if timestamp_column is not None and id_column == timestamp_column:
+            raise ValueError(f"id_column and timestamp_column are both {id_column!r}; they must be different columns.")
+        self._check_columns(df, timestamp_column, id_column)
+        ids = df[id_column]
+        if isinstance(ids, pd.DataFrame):
+            raise ValueError(f"The frame has several columns named {id_column!r}; the id column must be unique.")
+        missing = ids.isna().to_numpy()
+        if missing.any():
+            row = int(np.argmax(missing))
+            raise ValueError(
+                f"The id column {id_column!r} is empty (NaN) at row {row} ({int(missing.sum())} row(s) in all); every "
+                "row needs the id of its series: fill or drop those rows (df.dropna(subset=[id_column]))."
+            )
+        codes, keys = pd.factorize(ids, sort=False)  # keys in order of first appearance
+        texts: dict[str, Any] = {}
+        for key in keys:
+            other = texts.setdefault(str(key), key)
+            if other is not key:
+                raise ValueError(
+                    f"The ids {other!r} and {key!r} of column {id_column!r} are the same as text ({str(key)!r}); ids "
+                    "are compared as text (as in the saved scaler), so give the series distinct ids."
+                )
+        positions = pd.Series(codes).groupby(codes, sort=True).indices
+        frame = df.drop(columns=[id_column])
+        series = []
+        for code, key in enumerate(keys):
+            part = frame.iloc[positions[code]]
+            if timestamp_column is not None:
+                part = part.reset_index(drop=True)
+            try:
+                values, columns, axis = self._validate(part, timestamp_column)
+                scaler = self._series_scaler(key, values)
+            except ValueError as error:
+                raise ValueError(
+                    f"Series {key!r} (the {len(part)} rows where {id_column} == {key!r}; row numbers count that "
+                    f"series' rows from 0): {error} Fix or drop that series (df[df[{id_column!r}] != {key!r}])."
+                ) from error
+            series.append(_Series(key, values, scaler, columns, axis))
+        return series
+
     # ------------------------------------------------------------------------------------------------------------
+    def _window(self, values: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last ``context_length`` rows of a standardised history (NaN -> 0 and unobserved), left-padded with
+        unobserved zeros to exactly ``context_length`` rows."""
+        context = self.context_length
+        history = torch.as_tensor(np.nan_to_num(values, nan=0.0), dtype=torch.float32)
+        mask = torch.as_tensor(observed, dtype=torch.float32)
+        window, window_mask = (history * mask)[-context:], mask[-context:]
+        if window.shape[0] < context:
+            pad = context - window.shape[0]
+            window = torch.cat([window.new_zeros(pad, window.shape[1]), window])
+            window_mask = torch.cat([window_mask.new_zeros(pad, window.shape[1]), window_mask])
+        return window, window_mask
+
     @torch.no_grad()
+    def _predict_windows(
+        self, windows: torch.Tensor, masks: torch.Tensor, horizon: int, keys: list[Any] | None = None
+    ) -> np.ndarray:
+        """Forecasts ``horizon`` steps for a batch of ``(batch, context_length, channels)`` look-backs (rolled out
+        beyond ``prediction_length``); returns ``(batch, horizon, channels)`` in scaler units. ``keys`` name the
+        series in errors."""
+        device = next(self.model.parameters()).device
+        windows, masks = windows.to(device), masks.to(device)
+        unseen = masks.sum(1) == 0  # (batch, channels)
+        if bool(unseen.any()):
+            row = int(torch.nonzero(unseen.any(1)).flatten()[0])
+            empty = [self.columns[i] for i in torch.nonzero(unseen[row]).flatten().tolist()]
+            where = "" if keys is None else f"Series {keys[row]!r}: "
+            raise ValueError(
+                f"{where}Column(s) {empty} have no observed value in the last {self.context_length} rows; the model "
+                "cannot forecast a series it does not see."
+            )
+        outputs = []
+        produced = 0
+        while produced < horizon:
+            forecast = self.model(past_values=windows, past_observed_mask=masks).prediction_outputs
+            outputs.append(forecast)
+            produced += forecast.shape[1]
+            # Roll-out: feed the forecast back as observed input (errors compound with every step).
+            windows = torch.cat([windows, forecast], dim=1)[:, -self.context_length:]
+            masks = torch.cat([masks, torch.ones_like(forecast)], dim=1)[:, -self.context_length:]
+        return torch.cat(outputs, dim=1)[:, :horizon].cpu().numpy().astype(np.float64)
+
     def predict_scaled(self, values: np.ndarray, observed: np.ndarray, horizon: int) -> np.ndarray:
         """Forecasts ``horizon`` steps from a standardised history.
 
@@ -301,65 +480,81 @@ class HiMTMForecastPipeline:
         Returns:
             ``(horizon, channels)`` forecast in scaler units.
         """
-        device = next(self.model.parameters()).device
-        context = self.context_length
-        history = torch.as_tensor(np.nan_to_num(values, nan=0.0), dtype=torch.float32, device=device)
-        mask = torch.as_tensor(observed, dtype=torch.float32, device=device)
-        history = history * mask
-        outputs = []
-        produced = 0
-        while produced < horizon:
-            window, window_mask = history[-context:], mask[-context:]
-            if window.shape[0] < context:
-                pad = context - window.shape[0]
-                window = torch.cat([window.new_zeros(pad, window.shape[1]), window])
-                window_mask = torch.cat([window_mask.new_zeros(pad, window.shape[1]), window_mask])
-            if not bool((window_mask.sum(0) > 0).all()):
-                empty = [self.columns[i] for i in torch.nonzero(window_mask.sum(0) == 0).flatten().tolist()]
-                raise ValueError(
-                    f"Column(s) {empty} have no observed value in the last {context} rows; the model cannot "
-                    "forecast a series it does not see."
-                )
-            forecast = self.model(past_values=window[None], past_observed_mask=window_mask[None]).prediction_outputs[0]
-            outputs.append(forecast)
-            produced += forecast.shape[0]
-            # Roll-out: feed the forecast back as observed input (errors compound with every step).
-            history = torch.cat([history, forecast])
-            mask = torch.cat([mask, torch.ones_like(forecast)])
-        return torch.cat(outputs)[:horizon].cpu().numpy().astype(np.float64)
+        window, mask = self._window(values, observed)
+        return self._predict_windows(window[None], mask[None], horizon)[0]
+
+    def _forecast_series(self, series: list[_Series], horizon: int) -> list[np.ndarray]:
+        """Each series' ``(horizon, channels)`` forecast in original units, in batches of ``batch_size``."""
+        forecasts: list[np.ndarray] = []
+        step = max(1, int(self.batch_size))
+        for start in range(0, len(series), step):
+            chunk = series[start:start + step]
+            pairs = [self._window(np.asarray(s.scaler.transform(s.values), dtype=np.float64), ~np.isnan(s.values))
+                     for s in chunk]
+            scaled = self._predict_windows(torch.stack([w for w, _ in pairs]), torch.stack([m for _, m in pairs]),
+                                           horizon, [s.key for s in chunk])
+            forecasts += [np.asarray(s.scaler.inverse_transform(f), dtype=np.float64) for s, f in zip(chunk, scaled)]
+        return forecasts
 
     def __call__(
-        self, df: pd.DataFrame, timestamp_column: str | None = "date", horizon: int | None = None
+        self,
+        df: pd.DataFrame,
+        timestamp_column: str | None = "date",
+        horizon: int | None = None,
+        id_column: str | None = None,
     ) -> pd.DataFrame:
         """Forecasts the rows that follow ``df``.
 
         Args:
-            df: history with a timestamp column and exactly the scaler's value columns (any order).
+            df: history with a timestamp column and exactly the scaler's value columns (any order); with
+                ``id_column``, a long frame of many series (plus the id column; each id's rows in time order, not
+                necessarily contiguous).
             timestamp_column: name of the timestamp column (``None``: use the frame's DatetimeIndex).
             horizon: steps to forecast (default ``prediction_length``); longer horizons are rolled out
                 autoregressively, and their error compounds.
+            id_column: name of the column that tells the series of a long frame apart (``None``: the frame is one
+                series). Each series is forecast on its own (see the module docstring for its standardisation).
         Returns:
             A DataFrame with ``horizon`` rows: the future timestamps (column ``timestamp_column``, or the index when
-            it is None) and one column per value column, in original units, in the input's column order.
+            it is None) and one column per value column, in original units, in the input's column order. With
+            ``id_column``: ``horizon`` rows per series, ids in order of first appearance, the id column first.
         """
         horizon = self.prediction_length if horizon is None else horizon
         if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
             raise ValueError(f"horizon must be a positive int, got {horizon!r}.")
-        values, columns, axis = self._validate(df, timestamp_column)
-        observed = ~np.isnan(values)
-        scaled = np.asarray(self.scaler.transform(values), dtype=np.float64)
-        forecast = self.predict_scaled(scaled, observed, int(horizon))
-        forecast = np.asarray(self.scaler.inverse_transform(forecast), dtype=np.float64)
-        future = axis.future(int(horizon))
-        by_name = dict(zip(columns, forecast.T))
-        input_order = [c for c in df.columns if c != timestamp_column]
-        data = {c: by_name[c] for c in input_order}
-        if timestamp_column is None:
-            return pd.DataFrame(data, index=pd.DatetimeIndex(future, name=df.index.name))
-        return pd.DataFrame({timestamp_column: future, **data})
+        if id_column is None:
+            values, columns, axis = self._validate(df, timestamp_column)
+            series = [_Series(None, values, self._series_scaler(None, values), columns, axis)]
+        else:
+            series = self._long_frame_series(df, timestamp_column, id_column)
+        forecasts = self._forecast_series(series, int(horizon))
+        input_order = [c for c in df.columns if c != timestamp_column and (id_column is None or c != id_column)]
+        frames = []
+        for entry, forecast in zip(series, forecasts):
+            future = entry.axis.future(int(horizon))
+            by_name = dict(zip(entry.columns, forecast.T))
+            data = {c: by_name[c] for c in input_order}
+            ids = {} if id_column is None else {id_column: [entry.key] * int(horizon)}
+            if timestamp_column is None:
+                index = pd.DatetimeIndex(future, name=df.index.name)
+                frames.append(pd.DataFrame({**ids, **data}, index=index))
+            else:
+                frames.append(pd.DataFrame({**ids, timestamp_column: future, **data}))
+        if len(frames) == 1:
+            return frames[0]
+        return pd.concat(frames, ignore_index=timestamp_column is not None)
 
     def __repr__(self) -> str:
+        kind = f", series={len(self.scaler.scalers)}" if isinstance(self.scaler, PanelScaler) else ""
         return (
-            f"HiMTMForecastPipeline(columns={self.columns}, context_length={self.context_length}, "
+            f"HiMTMForecastPipeline(columns={self.columns}{kind}, context_length={self.context_length}, "
             f"prediction_length={self.prediction_length})"
         )
+
+
+def _looks_like_ids(column: pd.Series) -> bool:
+    """Whether an unexpected column probably names series (text, or a name such as ``item_id``)."""
+    name = str(column.name).lower()
+    return name in ("item_id", "id", "series_id", "unique_id") or not (
+        pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
+    )

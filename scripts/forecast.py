@@ -2,6 +2,7 @@
 """Forecast the rows that follow a CSV with a trained HiMTM model.
 
     python scripts/forecast.py history.csv --model outputs/etth1-96 [--horizon 192] [--output forecast.csv]
+    python scripts/forecast.py sales.csv --model outputs/stores-96 --id_column item_id    # many series
 
 The CSV needs a timestamp column (``--timestamp_column``, default ``date``) and exactly the value columns the model
 was trained on (``scaler.json``). Writes the forecast CSV (future timestamps + one column per series, original
@@ -9,11 +10,17 @@ units) and a PNG plot of the recent history and the forecast (``--plot``, defaul
 ``--model`` may also be a Hub repo id. Horizons beyond the model's ``prediction_length`` are rolled out
 autoregressively (errors compound).
 
+With ``--id_column`` the CSV is a long table of many series told apart by that column (e.g. ``item_id,date,sales``;
+each series' rows in time order, not necessarily contiguous). Every series is forecast on its own and the forecast
+CSV holds the id column, the future timestamps and the value columns, ``horizon`` rows per series, ids in order of
+first appearance. A model fine-tuned on a panel standardises a series with the statistics saved for its id, and a
+series it did not hold with those of its own history (see ``himtm_hf.pipeline``). The plot shows the first
+``--max_plot_series`` series (default 3).
+
 An existing output (CSV or plot) is replaced only with ``--overwrite``; the input CSV, a file inside the model folder
 or the other output is never written over. Both outputs are checked before the model is loaded, and each is written
 to a temporary file that is renamed into place, so a failure leaves no half-written file.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +52,17 @@ class ForecastArguments:
         default=False, metadata={"help": "Replace an existing output CSV / plot (never the input CSV)."}
     )
     timestamp_column: str = field(default="date", metadata={"help": "Name of the timestamp column."})
+    id_column: str | None = field(
+        default=None,
+        metadata={"help": "Column that tells the series of a long CSV apart (default: the CSV is one series)."},
+    )
     plot_history: int = field(default=336, metadata={"help": "History rows shown in the plot."})
-    max_plot_columns: int = field(default=8, metadata={"help": "Plot at most this many series (one panel each)."})
+    max_plot_columns: int = field(
+        default=8, metadata={"help": "Plot at most this many value columns (one panel each)."}
+    )
+    max_plot_series: int = field(
+        default=3, metadata={"help": "With --id_column: plot the first this many series (one column of panels each)."}
+    )
     device: str | None = field(default=None, metadata={"help": "torch device, e.g. 'cuda' (default: cpu)."})
 
 
@@ -58,25 +74,46 @@ def _positional_csv(argv: list[str]) -> list[str]:
 
 
 def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, timestamp_column: str, path: str | Path,
-                  history_rows: int = 336, max_columns: int = 8) -> Path:
-    """One panel per series: the last ``history_rows`` rows of history and the forecast."""
+                  history_rows: int = 336, max_columns: int = 8, id_column: str | None = None,
+                  max_series: int = 3) -> Path:
+    """One panel per value column: the last ``history_rows`` rows of history and the forecast. With ``id_column``,
+    one column of panels per series, for the first ``max_series`` series of the forecast."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [c for c in forecast.columns if c != timestamp_column][:max_columns]
-    past = history.tail(history_rows)
-    past_time = pd.to_datetime(past[timestamp_column]) if not pd.api.types.is_numeric_dtype(
-        past[timestamp_column]) else past[timestamp_column]
-    fig, axes = plt.subplots(len(columns), 1, figsize=(10, 2.2 * len(columns)), sharex=True, squeeze=False)
-    for ax, column in zip(axes[:, 0], columns):
-        ax.plot(past_time, past[column], color="tab:blue", lw=1, label="history")
-        ax.plot(forecast[timestamp_column], forecast[column], color="tab:orange", lw=1.2, label="forecast")
-        ax.set_ylabel(str(column), fontsize=8)
-        ax.grid(alpha=0.3)
+    columns = [c for c in forecast.columns if c not in (timestamp_column, id_column)][:max_columns]
+    if id_column is None:
+        parts = [(None, history, forecast)]
+    else:
+        keys = list(pd.unique(forecast[id_column]))
+        parts = [(key, history[history[id_column] == key], forecast[forecast[id_column] == key])
+                 for key in keys[:max(1, max_series)]]
+    width = 10 if id_column is None else max(10, 5 * len(parts))
+    fig, axes = plt.subplots(len(columns), len(parts), figsize=(width, 2.2 * len(columns)), sharex="col",
+                             squeeze=False)
+    for j, (key, own_history, own_forecast) in enumerate(parts):
+        past = own_history.tail(history_rows)
+        past_time = pd.to_datetime(past[timestamp_column]) if not pd.api.types.is_numeric_dtype(
+            past[timestamp_column]) else past[timestamp_column]
+        for i, column in enumerate(columns):
+            ax = axes[i, j]
+            ax.plot(past_time, past[column], color="tab:blue", lw=1, label="history")
+            ax.plot(own_forecast[timestamp_column], own_forecast[column], color="tab:orange", lw=1.2,
+                    label="forecast")
+            if j == 0:
+                ax.set_ylabel(str(column), fontsize=8)
+            ax.grid(alpha=0.3)
+        if key is not None:
+            axes[0, j].set_title(f"{id_column} = {key}", fontsize=9)
     axes[0, 0].legend(loc="upper left", fontsize=8)
-    axes[0, 0].set_title(f"HiMTM forecast: {len(forecast)} steps")
+    steps = len(parts[0][2])
+    if id_column is None:
+        axes[0, 0].set_title(f"HiMTM forecast: {steps} steps")
+    else:
+        total = forecast[id_column].nunique()
+        fig.suptitle(f"HiMTM forecast: {steps} steps, {len(parts)} of {total} series shown")
     fig.autofmt_xdate()
     fig.tight_layout()
     path = Path(path)
@@ -125,14 +162,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     output, plot = check_outputs(args)
     history = pd.read_csv(args.csv)
     pipe = HiMTMForecastPipeline.from_pretrained(args.model, device=args.device)
-    forecast = pipe(history, timestamp_column=args.timestamp_column, horizon=args.horizon)
+    forecast = pipe(history, timestamp_column=args.timestamp_column, horizon=args.horizon, id_column=args.id_column)
     output.parent.mkdir(parents=True, exist_ok=True)
     with _replaced_atomically(output) as tmp:
         forecast.to_csv(tmp, index=False)
-    print(f"Wrote {len(forecast)} forecast rows to {output}")
+    series = "" if args.id_column is None else f" ({forecast[args.id_column].nunique()} series)"
+    print(f"Wrote {len(forecast)} forecast rows{series} to {output}")
     if plot is not None:
-        plot_forecast(history, forecast, args.timestamp_column, plot, args.plot_history, args.max_plot_columns)
-        print(f"Wrote the plot to {plot}")
+        plot_forecast(history, forecast, args.timestamp_column, plot, args.plot_history, args.max_plot_columns,
+                      args.id_column, args.max_plot_series)
+        shown = ""
+        if args.id_column is not None:
+            total = forecast[args.id_column].nunique()
+            shown = f" ({min(total, max(1, args.max_plot_series))} of {total} series shown)"
+        print(f"Wrote the plot to {plot}{shown}")
     return forecast
 
 

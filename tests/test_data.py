@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from himtm_hf import data as data_module
 from himtm_hf.data import (
     BENCHMARKS,
     ForecastWindowDataset,
@@ -281,22 +280,6 @@ def test_unsupported_file_type(tmp_path):
     path.write_text("1,2\n3,4\n")
     with pytest.raises(ValueError, match=r"series\.txt.*\.csv"):
         load_series(path)
-
-
-def test_hub_repo_id_goes_through_load_dataset(monkeypatch):
-    frame = _synthetic_frame(50)
-    calls = []
-
-    def fake_load_dataset(path, *args, **kwargs):
-        calls.append(path)
-        return datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame)})
-
-    monkeypatch.setattr(data_module.datasets, "load_dataset", fake_load_dataset)
-    values, timestamps, name = load_series("someone/my-series")
-    assert calls == ["someone/my-series"]
-    assert name == "my-series"
-    np.testing.assert_allclose(values["a"].to_numpy(), frame["a"].to_numpy())
-    assert timestamps is not None and len(timestamps) == 50
 
 
 # ----------------------------------------------------------------------------------------------

@@ -239,6 +239,25 @@ class DataArguments:
                           "split (a short, recent history); val, test and the scaler (full train split) are unchanged. "
                           "See himtm_hf.data.few_shot_split."},
     )
+    dataset_config: str | None = field(
+        default=None,
+        metadata={"help": "The configuration (name) of a Hub dataset or local dataset folder that has several."},
+    )
+    id_column: str | None = field(
+        default=None,
+        metadata={"help": "Datasets with one row per series (a `target` sequence column): the column naming each "
+                          "series (default: item_id or id; else the row number)."},
+    )
+    freq: str | None = field(
+        default=None,
+        metadata={"help": "Datasets with one row per series: the pandas frequency of their `start` column (e.g. h, "
+                          "15min, D) when the dataset has no `freq` column. Only needed for --split_dates."},
+    )
+    short_series: str = field(
+        default="skip",
+        metadata={"help": "Datasets of many series: 'skip' leaves out a series too short for one train window (a "
+                          "warning counts them), 'error' refuses it.", "choices": ["skip", "error"]},
+    )
     leave_out: str | None = field(
         default=None,
         metadata={"help": "Pre-training on several datasets: leave these out of --dataset (comma-separated names, "
@@ -308,12 +327,17 @@ class DataArguments:
                     f"--{name} names columns or dates of one dataset, but --dataset {self.dataset!r} names several; "
                     f"leave it out (every numeric column of every dataset is used, split by its own protocol)."
                 )
+        if self.dataset_config is not None:
+            raise ValueError(
+                f"--dataset_config names a configuration of one dataset, but --dataset {self.dataset!r} names several; "
+                f"pre-train on one configuration at a time, or save each configuration as its own dataset folder."
+            )
         kwargs = self._load_kwargs_unchecked()
         return load_pretraining_corpus(
             self.dataset, data_dir=self.data_dir, context_length=int(self.context_length), leave_out=self.leave_out,
             max_windows_per_dataset=self.max_windows_per_dataset, timestamp_column=kwargs["timestamp_column"],
             split_fractions=kwargs["split_fractions"], sort_timestamps=kwargs["sort_timestamps"],
-            train_fraction=fraction,
+            train_fraction=fraction, id_column=self.id_column, freq=self.freq, short_series=kwargs["short_series"],
         )
 
     def load_kwargs(self) -> dict[str, Any]:
@@ -338,7 +362,16 @@ class DataArguments:
             "split_fractions": None if fractions is None else [float(f) for f in fractions],
             "split_dates": _as_str_list(self.split_dates, "split_dates"),
             "sort_timestamps": bool(self.sort_timestamps),
+            "dataset_config": self.dataset_config,
+            "id_column": self.id_column,
+            "freq": self.freq,
+            "short_series": self._short_series(),
         }
+
+    def _short_series(self) -> str:
+        if self.short_series not in ("skip", "error"):
+            raise ValueError(f"--short_series must be 'skip' or 'error', got {self.short_series!r}.")
+        return self.short_series
 
     def load(self):
         """Loads the splits (`himtm_hf.data.SplitData`), the train split cut to its last `train_fraction`."""
@@ -585,6 +618,10 @@ class EvaluateArguments:
     split_fractions: str | None = field(default=None, metadata={"help": "See DataArguments."})
     split_dates: str | None = field(default=None, metadata={"help": "See DataArguments."})
     sort_timestamps: bool = field(default=False, metadata={"help": "See DataArguments."})
+    dataset_config: str | None = field(default=None, metadata={"help": "See DataArguments."})
+    id_column: str | None = field(default=None, metadata={"help": "See DataArguments."})
+    freq: str | None = field(default=None, metadata={"help": "See DataArguments."})
+    short_series: str = field(default="skip", metadata={"help": "See DataArguments.", "choices": ["skip", "error"]})
     mixed_precision: str = field(default="auto", metadata={"help": "auto, no, bf16 or fp16."})
     use_cpu: bool = field(default=False, metadata={"help": "Run on CPU even if a GPU is available."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})

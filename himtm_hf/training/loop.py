@@ -273,6 +273,10 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
+SERIES_STATISTICS = ("series_mean", "series_std")
+"""Keys of panel windows (`himtm_hf.panel.PanelWindows`) holding the standardisation of each window's series."""
+
+
 def cap_windows(dataset: Dataset, max_windows: int | None) -> Dataset:
     """At most `max_windows` items of `dataset`: an evenly strided subset including the first and last window."""
     n = len(dataset)
@@ -1282,7 +1286,8 @@ def iterate_forecasts(
     desc: str | None = None,
     disable_tqdm: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yields `{"predictions", "targets", "observed_mask"}` float32 CPU tensors `(batch, H, C)` batch by batch,
+    """Yields `{"predictions", "targets", "observed_mask"}` float32 CPU tensors `(batch, H, C)` batch by batch
+    (plus the windows' `series_mean` / `series_std` `(batch, 1, C)` for panel windows, see `himtm_hf.panel`),
     gathered over processes (padding duplicates dropped), in dataset order, for every window of `dataset` (or an
     evenly strided `max_windows` subset). Predictions are `.prediction_outputs` (the dataset's units: standardised
     for `himtm_hf.data` splits)."""
@@ -1313,6 +1318,9 @@ def iterate_forecasts(
                 "targets": target,
                 "observed_mask": torch.ones_like(target) if mask is None else mask.float(),
             }
+            for key in SERIES_STATISTICS:  # panel windows: each window's own standardisation (himtm_hf.panel)
+                if key in batch:
+                    item[key] = batch[key]
             if accelerator is not None:
                 item = accelerator.gather_for_metrics(item)
             yield {k: v.cpu() for k, v in item.items()}

@@ -92,14 +92,14 @@ logger = logging.getLogger(__name__)
 
 def data_inputs(data_args: Any) -> list[tuple[str, Any]]:
     """The local data a run reads, as `(role, path)`: for every dataset it names (several for multi-domain
-    pre-training), the data file if it is a path, else the folder the benchmark files come from (`data_dir`,
+    pre-training), the data file or dataset folder if it is a path, else the folder the benchmark files come from (`data_dir`,
     `$HIMTM_DATA_DIR` or the default), once."""
     from ..data import default_data_dir, split_dataset_list
 
     inputs: list[tuple[str, Any]] = []
     for entry in split_dataset_list(str(data_args.dataset)):  # left-out entries too: stricter, never looser
         dataset = Path(entry).expanduser()
-        pair = (("data file", dataset) if dataset.exists() else
+        pair = ((("dataset folder" if dataset.is_dir() else "data file"), dataset) if dataset.exists() else
                 ("data folder", data_args.data_dir if data_args.data_dir is not None else default_data_dir()))
         if pair not in inputs:
             inputs.append(pair)
@@ -195,11 +195,12 @@ def forecast_metrics(
 
     Returns `{"mse", "mae", "mse_original_units", "mae_original_units", "num_windows", "num_values"}`; the first
     two in the dataset's standardised units, the original-unit ones through `scaler.inverse_transform` (omitted
-    without a scaler).
+    without a scaler), or for panel windows (`himtm_hf.panel`) through each window's own series statistics.
     """
     from ..evaluation import compute_forecast_metrics
 
     sums = {"mse": 0.0, "mae": 0.0, "mse_original_units": 0.0, "mae_original_units": 0.0}
+    in_original_units = scaler is not None
     values = 0.0
     windows = 0
     for item in iterate_forecasts(model, dataset, batch_size, accelerator, num_workers, max_windows, desc=desc,
@@ -214,18 +215,29 @@ def forecast_metrics(
         standard = compute_forecast_metrics(prediction, target, mask)
         sums["mse"] += standard["mse"] * count
         sums["mae"] += standard["mae"] * count
-        if scaler is not None:
-            original = compute_forecast_metrics(scaler.inverse_transform(prediction), scaler.inverse_transform(target), mask)
+        if scaler is not None or "series_mean" in item:
+            original = compute_forecast_metrics(_original_units(prediction, item, scaler),
+                                                _original_units(target, item, scaler), mask)
             sums["mse_original_units"] += original["mse"] * count
             sums["mae_original_units"] += original["mae"] * count
+            in_original_units = True
         values += count
     result: dict[str, Any] = {k: (v / values if values else float("nan")) for k, v in sums.items()}
-    if scaler is None:
+    if not in_original_units:
         result.pop("mse_original_units")
         result.pop("mae_original_units")
     result["num_windows"] = int(windows)
     result["num_values"] = int(values)
     return result
+
+
+def _original_units(array: np.ndarray, item: dict[str, Any], scaler: Any | None) -> np.ndarray:
+    """`array` `(batch, steps, C)` in original units: through the windows' own series statistics when the item has
+    them (panel windows), else through `scaler`."""
+    if "series_mean" in item:
+        mean, std = (np.asarray(item[key], dtype=np.float64) for key in ("series_mean", "series_std"))
+        return array * std + mean  # (batch, 1, C) broadcast over the steps
+    return np.asarray(scaler.inverse_transform(array), dtype=np.float64)
 
 
 @torch.no_grad()
@@ -261,8 +273,8 @@ def plot_forecasts(
     past = batch["past_values"].numpy().astype(np.float64)
     future = batch["future_values"].numpy().astype(np.float64)
     prediction = prediction.astype(np.float64)
-    if scaler is not None:
-        past, future, prediction = (scaler.inverse_transform(a) for a in (past, future, prediction))
+    if scaler is not None or "series_mean" in batch:
+        past, future, prediction = (_original_units(a, batch, scaler) for a in (past, future, prediction))
     total_channels = past.shape[-1]
     channels = sorted({int(c) for c in np.linspace(0, total_channels - 1, num=min(num_channels, total_channels)).round()})
     horizon = future.shape[1]
@@ -578,6 +590,10 @@ def evaluate_model(
     split_fractions: str | None = None,
     split_dates: str | None = None,
     sort_timestamps: bool = False,
+    dataset_config: str | None = None,
+    id_column: str | None = None,
+    freq: str | None = None,
+    short_series: str = "skip",
     mixed_precision: str = "auto",
     use_cpu: bool = False,
     num_workers: int = 0,
@@ -607,7 +623,8 @@ def evaluate_model(
     data_args = DataArguments(dataset=dataset, data_dir=data_dir, context_length=int(config.context_length),
                               prediction_length=horizon, timestamp_column=timestamp_column,
                               target_columns=target_columns, split_fractions=split_fractions, split_dates=split_dates,
-                              sort_timestamps=sort_timestamps)
+                              sort_timestamps=sort_timestamps, dataset_config=dataset_config, id_column=id_column,
+                              freq=freq, short_series=short_series)
     splits = load_splits(**data_args.load_kwargs())
     with contextlib.ExitStack() as held:
         if write:
@@ -662,9 +679,9 @@ def _scaler_check(model_dir: Path, scaler: Any) -> dict[str, bool]:
     """`{"scaler_matches_model_dir": ...}` if the model folder has a `scaler.json` (else nothing)."""
     if not (model_dir / "scaler.json").is_file():
         return {}
-    from ..data import SeriesScaler
+    from ..panel import load_scaler
 
-    saved = SeriesScaler.load(model_dir)
+    saved = load_scaler(model_dir)
     return {"scaler_matches_model_dir": bool(
         saved.mean is not None and saved.mean.shape == scaler.mean.shape
         and np.allclose(saved.mean, scaler.mean) and np.allclose(saved.std, scaler.std)
