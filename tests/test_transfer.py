@@ -58,8 +58,13 @@ def matrix(tmp_path_factory, one_thread):
     return args, records, root
 
 
+def _networks(records):
+    return [r for r in records if r["protocol"] != "closed_form"]
+
+
 def test_matrix_runs_end_to_end_across_channel_counts(matrix):
-    args, records, root = matrix
+    args, all_records, root = matrix
+    records = _networks(all_records)
     assert len(records) == 8
     cells = {(r["model"], r["protocol"], r["fraction"]) for r in records}
     assert cells == {(m, p, f) for m in ("himtm", "patchtst") for p in ("finetune", "linear_probe") for f in (0.05, 1.0)}
@@ -86,13 +91,67 @@ def test_matrix_runs_end_to_end_across_channel_counts(matrix):
         by = {(r["protocol"], r["fraction"]): r for r in records if r["model"] == model}
         assert by[("linear_probe", 1.0)]["trainable_parameters"] < by[("finetune", 1.0)]["trainable_parameters"]
     summary = (Path(args.results_dir) / "quick" / "summary.md").read_text()
-    assert "| weather->ETTh1 | 16 | linear_probe | 0.05 | 3 |" in summary and "patchtst MSE / MAE" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| weather->ETTh1 | 16 | 0.05 | 3 |"))
+    header = next(line for line in summary.splitlines() if line.startswith("| pair |"))
+    assert "HiMTM linear_probe" in header and "PatchTST finetune" in header and "linear (ridge)" in header
+    by_model = {(r["model"], r["protocol"]): r for r in all_records if r["fraction"] == 0.05}
+    assert f"{by_model[('patchtst', 'linear_probe')]['mse']:.4f}" in row and f"{by_model[('naive', 'closed_form')]['mse']:.4f}" in row
     # the pre-trained encoders were saved once per model and source, next to the fine-tuning run folders
     assert sorted(p.name for p in (Path(args.work_dir) / "quick").iterdir()) == [
         "finetune", "himtm-pretrain-weather-L64-seed3", "patchtst-pretrain-weather-L64-seed3"]
     # relative to --work_dir, so that a record names no folder of the machine it ran on
     assert {r["pretrained_checkpoint"] for r in records} == {
         f"quick/{m}-pretrain-weather-L64-seed3" for m in ("himtm", "patchtst")}
+
+
+def test_closed_form_rows_use_the_networks_windows(matrix):
+    """Each fraction gets a naive and a ridge record on the same test windows as the networks; the ridge is fitted on
+    the same few-shot train windows, and the naive forecast is what it says (the last look-back value)."""
+    from himtm_hf.benchmarks.baselines import LastValueLinearForecaster
+    from himtm_hf.training import forecast_metrics
+
+    args, all_records, _ = matrix
+    closed = [r for r in all_records if r["protocol"] == "closed_form"]
+    assert sorted((r["model"], r["fraction"]) for r in closed) == [
+        ("linear", 0.05), ("linear", 1.0), ("naive", 0.05), ("naive", 1.0)]
+    networks = {(r["fraction"]): r for r in _networks(all_records) if r["model"] == "himtm"}
+    for r in closed:
+        assert r["test_windows"] == networks[r["fraction"]]["test_windows"] == QUICK.max_test_windows
+        assert r["train_windows"] == networks[r["fraction"]]["train_windows"]
+        assert r["fraction_selection"] == "last" and math.isfinite(r["mse"])
+    assert {r["ridge_lambda"] is not None for r in closed if r["model"] == "linear"} == {True}
+    splits = load_splits("ETTh1", data_dir=DATA_DIR, context_length=QUICK.context_length,
+                         prediction_length=QUICK.prediction_length)
+    naive = forecast_metrics(LastValueLinearForecaster.naive(QUICK.context_length, QUICK.prediction_length),
+                             splits.test, splits.scaler, max_windows=QUICK.max_test_windows, disable_tqdm=True)
+    assert next(r for r in closed if r["model"] == "naive")["mse"] == pytest.approx(naive["mse"], rel=1e-6)
+
+
+def test_corpus_source_pretrains_one_channel_encoders_that_fine_tune_on_the_target(tmp_path, one_thread):
+    """A source naming several datasets is a channel-independent corpus (its windows univariate): both models
+    pre-train a 1-channel encoder on it and fine-tune it on the 7-channel target."""
+    from safetensors.torch import load_file
+
+    args = TransferArguments(pairs=["ETTh2,weather:ETTh1"], models=["himtm", "patchtst"], protocols=["finetune"],
+                             fractions=[0.05], budget="quick", seed=1, data_dir=str(DATA_DIR),
+                             results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"))
+    records = _networks(run_transfer(args, command="pytest corpus", log=lambda *_: None))
+    assert {r["model"] for r in records} == {"himtm", "patchtst"}
+    for r in records:
+        assert r["pair"] == "ETTh2+weather->ETTh1" and r["source_channels"] == 1 and r["target_channels"] == 7
+        assert r["encoder_tensors_loaded"] > 0 and math.isfinite(r["mse"])
+    work = tmp_path / "work" / "quick"
+    for model in ("himtm", "patchtst"):
+        pretrained = work / f"{model}-pretrain-ETTh2_weather-L64-seed1"
+        corpus = json.loads((pretrained / "corpus.json").read_text())
+        assert [d["name"] for d in corpus["datasets"]] == ["ETTh2", "weather"]
+        assert all(d["windows"]["train"]["used"] <= QUICK.max_windows_per_dataset for d in corpus["datasets"])
+        config = json.loads((pretrained / "config.json").read_text())
+        assert config["num_input_channels"] == 1
+        encoder = {k: v for k, v in load_file(pretrained / "model.safetensors").items() if k.startswith("model.")}
+        folder = work / "finetune" / "ETTh2_weather-to-ETTh1" / "H16" / f"{model}-finetune-f0p05-seed1"
+        assert json.loads((folder / "config.json").read_text())["num_input_channels"] == 7
+        assert set(encoder) <= set(load_file(folder / "model.safetensors"))
 
 
 def test_existing_records_are_skipped(matrix):
@@ -156,14 +215,15 @@ def test_finished_pretraining_is_reused_unless_asked_and_never_when_the_budget_d
     subset = dict(models=["himtm"], protocols=["finetune"], fractions=[1.0], overwrite=True)
 
     lines: list[str] = []
-    (again,) = run_transfer(TransferArguments(**{**vars(args), **subset}), command="pytest transfer", log=lines.append)
+    (again,) = _networks(run_transfer(TransferArguments(**{**vars(args), **subset}), command="pytest transfer",
+                                      log=lines.append))
     assert any("reusing the pre-training" in line for line in lines)
     assert again["pretrain_wall_time_s"] == original["pretrain_wall_time_s"]  # the facts of the first pre-training
     assert again["mse"] == pytest.approx(original["mse"], rel=1e-5)  # same encoder, same seed, same fine-tuning
 
     lines.clear()
-    (fresh,) = run_transfer(TransferArguments(**{**vars(args), **subset, "repretrain": True}), command="pytest transfer",
-                            log=lines.append)
+    (fresh,) = _networks(run_transfer(TransferArguments(**{**vars(args), **subset, "repretrain": True}),
+                                      command="pytest transfer", log=lines.append))
     assert not any("reusing" in line for line in lines)
     assert fresh["pretrain_wall_time_s"] != original["pretrain_wall_time_s"]
 

@@ -3,7 +3,10 @@
 The driver runs a matrix over
 
 * source -> target pairs (``"weather:ETTh1"``); the channel counts may differ: both models are channel-independent,
-  so the pre-trained encoder is reused as is and only the forecasting head is new,
+  so the pre-trained encoder is reused as is and only the forecasting head is new. A source may name several
+  datasets (``"ETTh2,ETTm1,ETTm2,weather:ETTh1"``): a multi-domain corpus, mixed channel-independently (univariate
+  windows, each dataset scaled by its own train statistics, at most the budget's ``max_windows_per_dataset`` windows
+  each; :func:`himtm_hf.data.load_pretraining_corpus`), which leaves the target out when the target is not in it,
 * models: ``himtm`` (:class:`~himtm_hf.HiMTMForPretraining` -> :class:`~himtm_hf.HiMTMForPrediction`) and
   ``patchtst`` (self-supervised PatchTST: ``transformers.PatchTSTForPretraining`` -> ``PatchTSTForPrediction``
   initialised from it, configured as in the PatchTST paper: patch 12, stride 12, mask ratio 0.4,
@@ -11,11 +14,15 @@ The driver runs a matrix over
 * protocols: ``finetune`` (full fine-tuning), ``linear_probe`` (frozen encoder, only the head is trained) and
   optionally ``scratch`` (no pre-training: the same forecaster randomly initialised, the reference that shows what
   pre-training buys),
-* few-shot fractions of the target's training windows (``0.05``, ``0.1``, ``1.0``): ``ceil(f * N)`` windows, an
-  evenly strided subset over the whole training span (the training library's ``max_train_windows``),
+* few-shot fractions of the target's training windows (``0.05``, ``0.1``, ``1.0``): ``ceil(f * N)`` windows, the
+  most recent ones (:func:`himtm_hf.data.few_shot_split`, the training library's ``train_fraction``: what a user
+  with a short history has),
 
 and writes one JSON record per run under ``docs/results/transfer/<budget>/`` plus a ``summary.md`` table (a record's
-``pretrained_checkpoint`` is relative to ``--work_dir``, so records name no folder of the machine they ran on).
+``pretrained_checkpoint`` is relative to ``--work_dir``, so records name no folder of the machine they ran on). Every
+(target, fraction) also gets the two closed-form rows on the same test windows (``model`` ``naive``: the last
+look-back value; ``linear``: the NLinear-style ridge of :mod:`himtm_hf.benchmarks.baselines`, fitted on the same
+few-shot train windows), so a table shows where the networks stand.
 
 Everything trains through the project's training library (:mod:`himtm_hf.training`): HiMTM with
 :func:`~himtm_hf.training.pretrain` / :func:`~himtm_hf.training.finetune`, PatchTST with the same loop
@@ -66,6 +73,8 @@ __all__ = [
 
 MODELS = ("himtm", "patchtst")
 PROTOCOLS = ("finetune", "linear_probe", "scratch")
+# The closed-form rows of every (target, fraction): record key "model" -> what the summary calls it.
+CLOSED_FORM = {"naive": "naive (last value)", "linear": "linear (ridge)"}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -95,6 +104,7 @@ class Budget:
     early_stopping_patience: int = 0  # 0: off (the step budget is spent in full)
     max_eval_windows: int | None = None  # validation windows (evenly strided); None = all
     max_test_windows: int | None = None  # None = every test window (the standard protocol)
+    max_windows_per_dataset: int | None = None  # a multi-domain source: univariate windows per dataset and split
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
@@ -118,7 +128,7 @@ BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         name="quick", context_length=64, prediction_length=16, pretrain_steps=3, finetune_steps=3, batch_size=8,
         pretrain_learning_rate=1e-3, finetune_learning_rate=1e-3, linear_probe_learning_rate=1e-3,
-        eval_batch_size=64, max_eval_windows=16, max_test_windows=64,
+        eval_batch_size=64, max_eval_windows=16, max_test_windows=64, max_windows_per_dataset=256,
         himtm=dict(patch_length=8, patch_stride=8, num_hierarchies=2, d_model=16, num_attention_heads=2,
                    ffn_dim=32, decoder_num_attention_heads=2, csa_num_attention_heads=2),
         patchtst=dict(_PATCHTST_PAPER, d_model=16, num_attention_heads=2, ffn_dim=32, num_hidden_layers=2),
@@ -131,6 +141,15 @@ BUDGETS: dict[str, Budget] = {
         pretrain_learning_rate=1e-3, finetune_learning_rate=1e-4, linear_probe_learning_rate=1e-3,
         eval_batch_size=256, eval_every_steps=100, max_eval_windows=1024, max_test_windows=None,
         himtm=dict(_HIMTM_BASE), patchtst=dict(_PATCHTST_PAPER),
+    ),
+    # Few-shot transfer from a multi-domain corpus on a 2-core CPU (about 10 minutes per target and fraction): L=336,
+    # pre-training on univariate corpus windows (cheap: 15 steps/s at batch 64), a short fine-tuning that keeps the
+    # best validation checkpoint, every test window.
+    "cpu_fewshot": Budget(
+        name="cpu_fewshot", context_length=336, prediction_length=96, pretrain_steps=2000, finetune_steps=300,
+        batch_size=64, pretrain_learning_rate=1e-3, finetune_learning_rate=5e-4, linear_probe_learning_rate=1e-3,
+        eval_batch_size=256, eval_every_steps=50, max_eval_windows=1024, max_test_windows=None,
+        max_windows_per_dataset=20000, himtm=dict(_HIMTM_BASE), patchtst=dict(_PATCHTST_PAPER),
     ),
     # One accelerator: ten times the CPU steps, full validation.
     "gpu": Budget(
@@ -280,11 +299,15 @@ def build_patchtst_config(budget: Budget, num_channels: int, prediction_length: 
     )
 
 
-def _data_args(budget: Budget, dataset: str, data_dir: str | None):
+def _data_args(budget: Budget, dataset: str, data_dir: str | None, train_fraction: float = 1.0):
+    """The training library's data arguments of one run; ``dataset`` may name several datasets (a corpus source)."""
     from ..training import DataArguments
 
-    return DataArguments(dataset=dataset, data_dir=data_dir, context_length=budget.context_length,
-                         prediction_length=budget.prediction_length)
+    args = DataArguments(dataset=dataset, data_dir=data_dir, context_length=budget.context_length,
+                         prediction_length=budget.prediction_length, train_fraction=train_fraction)
+    if args.is_corpus:
+        args.max_windows_per_dataset = budget.max_windows_per_dataset
+    return args
 
 
 def _train_args(cls, budget: Budget, output_dir: Path, steps: int, learning_rate: float, seed: int, use_cpu: bool,
@@ -336,13 +359,17 @@ def pretrain_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
         from accelerate.utils import set_seed
         from transformers import PatchTSTForPretraining
 
-        splits = data_args.load()
+        # Look-back-only windows, as for HiMTM; a corpus gives univariate windows (a 1-channel model).
+        splits = data_args.load_pretraining()
         set_seed(seed)
-        net = PatchTSTForPretraining(build_patchtst_config(budget, len(splits.columns), pretraining=True))
+        net = PatchTSTForPretraining(build_patchtst_config(budget, splits.num_channels, pretraining=True))
         result = training.train_model(net, splits.train, splits.val, train_args, is_pretraining=True)
         path = Path(output_dir)
         result.model.save_pretrained(path)
-        splits.scaler.save(path)
+        if data_args.is_corpus:
+            splits.save(path)  # corpus.json: the datasets, their scalers and windows
+        else:
+            splits.scaler.save(path)
         info = {"best_val_loss": result.best_val_loss}
     info.update(path=str(path), steps=budget.pretrain_steps, wall_time_s=time.time() - start)
     return info
@@ -374,22 +401,23 @@ def _load_patchtst_forecaster(pretrained: str | Path | None, budget: Budget, num
 
 
 def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None, output_dir: Path, seed: int,
-                 pretrained: str | Path | None, linear_probe: bool, max_train_windows: int | None,
+                 pretrained: str | Path | None, linear_probe: bool, train_fraction: float = 1.0,
                  use_cpu: bool = False) -> dict[str, Any]:
-    """Fine-tunes (``pretrained`` given) or trains from scratch a forecaster on ``dataset``, tests it, and writes a
-    run folder (model, scaler, metrics.json) at ``output_dir``. Returns the ``metrics.json`` content plus
-    ``trainable_parameters`` and ``encoder_tensors_loaded``."""
+    """Fine-tunes (``pretrained`` given) or trains from scratch a forecaster on ``dataset`` (the last
+    ``train_fraction`` of its train windows), tests it, and writes a run folder (model, scaler, metrics.json) at
+    ``output_dir``. Returns the ``metrics.json`` content plus ``trainable_parameters`` and
+    ``encoder_tensors_loaded``."""
     import time
 
     from .. import training
 
     start = time.time()
-    data_args = _data_args(budget, dataset, data_dir)
+    data_args = _data_args(budget, dataset, data_dir, train_fraction)
     lr = budget.linear_probe_learning_rate if linear_probe else budget.finetune_learning_rate
     train_args = _train_args(
         training.FinetuneArguments, budget, output_dir, budget.finetune_steps, lr, seed, use_cpu,
         pretrained_model_path=str(pretrained) if pretrained else None, linear_probe=linear_probe,
-        max_train_windows=max_train_windows, max_test_windows=budget.max_test_windows, plot_windows=0,
+        max_test_windows=budget.max_test_windows, plot_windows=0,
     )
     if model == "himtm":
         model_args = training.ModelArguments() if pretrained else training.ModelArguments(**budget.himtm)
@@ -488,11 +516,16 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
     records = []
 
     def dataset_facts(name: str) -> tuple[str, int, int]:
-        """(name, channels, train windows) of a source or target, each loaded once."""
+        """(name, channels, train windows) of a source or target, each loaded once; a corpus source is named by its
+        datasets joined with "+", has 1 channel and counts univariate windows."""
         if name not in facts:
-            splits = load_splits(name, data_dir=args.data_dir, context_length=budget.context_length,
-                                 prediction_length=budget.prediction_length)
-            facts[name] = (splits.name, len(splits.columns), len(splits.train))
+            if _data_args(budget, name, args.data_dir).is_corpus:
+                corpus = _data_args(budget, name, args.data_dir).load_pretraining()
+                facts[name] = ("+".join(corpus.names), 1, len(corpus.train))
+            else:
+                splits = load_splits(name, data_dir=args.data_dir, context_length=budget.context_length,
+                                     prediction_length=budget.prediction_length)
+                facts[name] = (splits.name, len(splits.columns), len(splits.train))
         return facts[name]
 
     for index, run in enumerate(runs, 1):
@@ -513,17 +546,56 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
         windows = target[2] if run.fraction >= 1.0 else max(1, math.ceil(run.fraction * target[2]))
         metrics = finetune_run(
             run.model, budget, run.target, args.data_dir, work_dir / "finetune" / name.removesuffix(".json"),
-            args.seed, pretrain_info.get("path"), run.protocol == "linear_probe",
-            None if run.fraction >= 1.0 else windows, args.use_cpu,
+            args.seed, pretrain_info.get("path"), run.protocol == "linear_probe", run.fraction, args.use_cpu,
         )
         record = _transfer_record(run, budget, args, source, target, windows, metrics, pretrain_info, provenance)
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=2, default=float) + "\n")
         log(f"    test mse {record['mse']:.4f} mae {record['mae']:.4f} ({record['wall_time_s']:.1f} s) -> {record_path}")
         records.append(record)
+    # The closed-form rows of each (pair, fraction), on the same windows as the networks.
+    for source_name, target_name, fraction in dict.fromkeys((r.source, r.target, r.fraction) for r in runs):
+        cell = TransferRun(source_name, target_name, "naive", "closed_form", fraction)
+        records += _closed_form_records(cell, budget, args, dataset_facts(source_name), dataset_facts(target_name),
+                                        results_dir, provenance, log)
     if records:
         (results_dir / "summary.md").write_text(summarise_results(results_dir))
     return records
+
+
+def _closed_form_records(run: TransferRun, budget: Budget, args: TransferArguments, source: tuple[str, int, int],
+                         target: tuple[str, int, int], results_dir: Path, provenance: dict[str, str],
+                         log) -> list[dict[str, Any]]:
+    """The naive and linear-ridge records of ``run``'s pair, horizon and fraction (read back when they exist and
+    ``args.overwrite`` is off; computed once per (pair, fraction): later runs of the same cell find them)."""
+    from ..training import forecast_metrics
+    from .baselines import LastValueLinearForecaster, fit_linear_ridge
+
+    out = []
+    splits = None
+    for model in CLOSED_FORM:
+        cell = TransferRun(run.source, run.target, model, "closed_form", run.fraction)
+        path = results_dir / cell.record_name(args.seed, budget.prediction_length)
+        if path.is_file() and not args.overwrite:
+            out.append(json.loads(path.read_text()))
+            continue
+        if splits is None:
+            splits = _data_args(budget, run.target, args.data_dir, run.fraction).load()
+        fit = fit_linear_ridge(splits) if model == "linear" else None  # on the few-shot train windows, λ on val
+        forecaster = fit.model if fit else LastValueLinearForecaster.naive(budget.context_length,
+                                                                            budget.prediction_length)
+        metrics = forecast_metrics(forecaster, splits.test, splits.scaler, budget.eval_batch_size, None,
+                                   budget.max_test_windows, desc="test", disable_tqdm=True)
+        metrics["full_test_split"] = metrics["num_windows"] == len(splits.test)
+        record = _transfer_record(cell, budget, args, source, target, len(splits.train),
+                                  {"test": metrics, "wall_time_s": 0.0, "trainable_parameters": 0}, {}, provenance)
+        if fit is not None:
+            record["ridge_lambda"] = fit.ridge_lambda
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=float) + "\n")
+        log(f"    {CLOSED_FORM[model]}: test mse {record['mse']:.4f} -> {path}")
+        out.append(record)
+    return out
 
 
 def _pretraining(run: TransferRun, budget: Budget, args: TransferArguments, work_dir: Path, commit: str,
@@ -587,7 +659,7 @@ def _transfer_record(run: TransferRun, budget: Budget, args: TransferArguments, 
         **({"himtm_defaults": HIMTM_DEFAULTS_VERSION} if run.model == "himtm" else {}),
         "protocol": run.protocol,
         "fraction": run.fraction,
-        "fraction_selection": "evenly_strided",
+        "fraction_selection": "last",
         "train_windows": windows,
         "mse": test["mse"],
         "mae": test["mae"],
@@ -619,36 +691,59 @@ def _transfer_record(run: TransferRun, budget: Budget, args: TransferArguments, 
     }
 
 
+_COLUMNS = [(model, protocol) for model in MODELS for protocol in PROTOCOLS] + [(m, "closed_form") for m in CLOSED_FORM]
+# Ratio columns: (label, numerator cell, denominator cell); supervised PatchTST is PatchTST trained from scratch.
+_RATIOS = (
+    ("HiMTM ft / HiMTM scratch", ("himtm", "finetune"), ("himtm", "scratch")),
+    ("HiMTM ft / PatchTST sup.", ("himtm", "finetune"), ("patchtst", "scratch")),
+    ("PatchTST ft / PatchTST sup.", ("patchtst", "finetune"), ("patchtst", "scratch")),
+)
+
+
+def _column_label(model: str, protocol: str) -> str:
+    if protocol == "closed_form":
+        return CLOSED_FORM.get(model, model)
+    names = {"himtm": "HiMTM", "patchtst": "PatchTST"}
+    return f"{names.get(model, model)} {'supervised' if model == 'patchtst' and protocol == 'scratch' else protocol}"
+
+
 def summarise_results(results_dir: str | Path) -> str:
-    """A markdown table of every record under ``results_dir`` (one row per pair, horizon, protocol, fraction and
-    seed; one MSE / MAE column per model)."""
+    """A markdown table of every record under ``results_dir``: one row per pair, horizon, fraction and seed; one test
+    MSE column per (model, protocol) present, the closed-form rows' MSE beside them, and the ratios that say what
+    pre-training buys (each where both of its cells exist)."""
     records = [json.loads(p.read_text()) for p in sorted(Path(results_dir).rglob("*.json"))]
     records = [r for r in records if "mse" in r and "model" in r]
     if not records:
         return "No results yet.\n"
-    models = sorted({r["model"] for r in records})
-    rows: dict[tuple, dict[str, dict[str, Any]]] = {}
+    rows: dict[tuple, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in records:
-        key = (r["pair"], r["prediction_length"], r["protocol"], r["fraction"], r["seed"])
-        rows.setdefault(key, {})[r["model"]] = r
+        key = (r["pair"], r["prediction_length"], r["fraction"], r["seed"])
+        rows.setdefault(key, {})[(r["model"], r["protocol"])] = r
+    present = {cell for by_cell in rows.values() for cell in by_cell}
+    columns = [c for c in _COLUMNS if c in present] + sorted(present - set(_COLUMNS))
+    ratios = [(label, a, b) for label, a, b in _RATIOS if a in present and b in present]
     budgets = sorted({r["budget"] for r in records})
     devices = sorted({r["device"] for r in records})
+    commits = sorted({str(r.get("git_commit"))[:7] for r in records})
     lines = [
         f"# Transfer results (budget: {', '.join(budgets)})",
         "",
-        "Test MSE / MAE on the target's standardised test split (pre-trained on the source, then fine-tuned on the "
-        "given fraction of the target's training windows). Written by `scripts/transfer.py`; one JSON record per "
-        f"cell next to this file. Device(s): {', '.join(devices)}.",
+        "Test MSE on the target's standardised test split (every window): pre-trained on the source, then fine-tuned "
+        "on the given fraction of the target's training windows (the most recent ones); `scratch` is the same "
+        "network from a random start (for PatchTST: supervised PatchTST), and the closed-form rows are fitted on the "
+        "same windows. A ratio below 1 means the pre-trained model has the lower error. Written by "
+        "`scripts/transfer.py`; one JSON record per cell (with MAE, the command and the budget) next to this file. "
+        f"Device(s): {', '.join(devices)}; commit(s): {', '.join(commits)}.",
         "",
-        "| pair | H | protocol | fraction | seed | " + " | ".join(f"{m} MSE / MAE" for m in models) + " |",
-        "|---|---|---|---|---|" + "---|" * len(models),
+        "| pair | H | fraction | seed | " + " | ".join(_column_label(*c) for c in columns)
+        + "".join(f" | {label}" for label, _, _ in ratios) + " |",
+        "|---|---|---|---|" + "---|" * (len(columns) + len(ratios)),
     ]
-    for (pair, horizon, protocol, fraction, seed), by_model in sorted(rows.items()):
-        cells = []
-        for m in models:
-            r = by_model.get(m)
-            cells.append(f"{r['mse']:.4f} / {r['mae']:.4f}" if r else "")
-        lines.append(f"| {pair} | {horizon} | {protocol} | {fraction:g} | {seed} | " + " | ".join(cells) + " |")
+    for (pair, horizon, fraction, seed), by_cell in sorted(rows.items()):
+        cells = [f"{by_cell[c]['mse']:.4f}" if c in by_cell else "" for c in columns]
+        cells += [f"{by_cell[a]['mse'] / by_cell[b]['mse']:.3f}" if a in by_cell and b in by_cell else ""
+                  for _, a, b in ratios]
+        lines.append(f"| {pair} | {horizon} | {fraction:g} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
