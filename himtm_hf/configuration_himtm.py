@@ -21,7 +21,8 @@ _CSA_ATTENTIONS = ("global", "local")
 _POSITIONAL_ENCODINGS = ("learned", "sincos")
 _FORECAST_HEAD_INITS = ("normal", "zeros")
 _DISTILLATION_TARGET_NORMS = ("none", "token", "instance")
-# "drop" rather than "none": the command-line flags read the word "none" as "not given" (training/arguments.py).
+# "drop" rather than "none": the command-line flags read the word "none" as "not given" (training/arguments.py), except
+# for the fields where it is a value (`_NONE_IS_A_VALUE` there: distillation_target_norm).
 _CONTEXT_PADDINGS = ("left", "drop")
 _PRETRAINING_SCALING_STATISTICS = ("visible", "all")
 

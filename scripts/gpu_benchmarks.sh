@@ -7,14 +7,20 @@
 # On a machine without `datasets` / `evaluate` (or without network), install them from wheels downloaded beforehand.
 # Budgets, limits and the full budget's datasets can be changed through the environment; a step whose limit is 0 is
 # skipped. tests/test_scripts.py smoke-runs this file on the CPU with SPEED_BUDGET=quick SPEED_DEVICE=cpu
-# FULL_BUDGET=quick FULL_DATASETS=ETTh1 T_SPEED_COMPILE=0 T_FULL_VARIANT=400 FULL_VARIANT_DATASETS=ETTh1.
+# FULL_BUDGET=quick FULL_DATASETS=ETTh1 T_SPEED_COMPILE=0 T_FULL_VARIANT=400 FULL_VARIANT_DATASETS=ETTh1 BASE_STEPS=3
+# and a tiny model in BASE_ARGS.
 #
-# Default order = what only a GPU can still give (docs/findings.md): the speed table of the current model, eager
-# and under torch.compile + CUDA graphs at L = 512 (the missed H200 target), then the `full` budget, all three models
-# per dataset, smallest datasets first, as far as its limit reaches (~2.5 min per ETTh dataset on an H200). The
-# `cpu`-budget protocol, the ablation and the transfer matrix are complete on the CPU; set T_ACC, T_ABL or T_TRANSFER
-# (seconds) to rerun them here as well, and T_FULL_VARIANT to add the candidate large-dataset defaults at the `full`
-# budget (FULL_VARIANT, FULL_VARIANT_DATASETS choose the variant and datasets).
+# Default order (issue: the paper-scale runs in one prepared <= 10-minute device command), what only a GPU can give:
+#   1. himtm-base: multi-domain pre-training on every local train split (scripts/pretrain_base.py; BASE_STEPS steps,
+#      limit T_BASE); its folder (weights, config, model card, corpus.json, diagnostics; not its checkpoints/) and
+#      the push_to_hub dry-run folder are copied into the results as soon as it ends;
+#   2. the `full` budget on FULL_DATASETS (default ETTh1 ETTh2 weather), H = 96/192/336/720, HiMTM and both
+#      PatchTSTs, one seed, bf16 (`mixed_precision=auto`), smallest datasets first, as far as its limit reaches;
+#   3. the speed table, eager and under torch.compile + CUDA graphs.
+# Default limits add up to 580 s. The `cpu`-budget protocol, the ablation and the transfer matrix run on the CPU; set
+# T_ACC, T_ABL or T_TRANSFER (seconds) to rerun them here as well, and T_FULL_VARIANT to add a candidate HiMTM
+# variant at the `full` budget (FULL_VARIANT, FULL_VARIANT_DATASETS choose the variant and datasets). BASE_ARGS adds
+# flags to the base pre-training (the CPU smoke run uses it for a tiny model).
 set -u
 OUT_DIR="${RESULTS_OUT:-outputs/gpu_benchmarks}"
 R="$OUT_DIR/results"
@@ -23,7 +29,8 @@ export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1 MPLBACKE
 ACC_BUDGET="${ACC_BUDGET:-cpu}" FULL_BUDGET="${FULL_BUDGET:-full}" TRANSFER_BUDGET="${TRANSFER_BUDGET:-cpu}"
 SPEED_BUDGET="${SPEED_BUDGET:-full}" SPEED_DEVICE="${SPEED_DEVICE:-cuda}"
 WORK="${WORK_ROOT:-/tmp}"  # checkpoints of the runs (not packed)
-read -r -a FULL_DATASETS <<< "${FULL_DATASETS:-ETTh1 ETTh2 ETTm1 ETTm2 weather}"
+read -r -a FULL_DATASETS <<< "${FULL_DATASETS:-ETTh1 ETTh2 weather}"
+read -r -a BASE_ARGS <<< "${BASE_ARGS:-}"
 (nvidia-smi --query-gpu=name,memory.total --format=csv || true) > "$OUT_DIR/gpu.txt" 2>&1
 step() {  # step <seconds> <log name> <command...>
   local limit=$1 name=$2; shift 2
@@ -32,16 +39,28 @@ step() {  # step <seconds> <log name> <command...>
   timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
   echo "   exit $? at $(date +%T)"; grep -E "MSE|mse|win/s|wrote|Error" "$OUT_DIR/$name.log" | tail -40
 }
-step "${T_SPEED:-50}" speed python scripts/benchmark_speed.py --budget "$SPEED_BUDGET" --device "$SPEED_DEVICE" \
-  --batch_size 64 --output_dir "$R/speed"
-# L = 512, where eager HiMTM is launch-bound on the H200: every model under torch.compile with CUDA graphs.
-step "${T_SPEED_COMPILE:-120}" speed_compiled python scripts/benchmark_speed.py --budget "$SPEED_BUDGET" \
-  --device "$SPEED_DEVICE" --batch_size 64 --context_lengths 512 --warmup 3 --compile reduce-overhead \
-  --output_dir "$R/speed"
+# 1. himtm-base. Checkpoints every 1000 steps stay in $WORK (resumable with --resume_from_checkpoint latest); the
+#    finished folder, without them, goes into the results.
+step "${T_BASE:-200}" himtm_base python scripts/pretrain_base.py --output_dir "$WORK/himtm-base" \
+  --dry_run_dir "$WORK/himtm-base-hub" --overwrite_output_dir --max_steps "${BASE_STEPS:-6000}" --save_steps 1000 \
+  --disable_tqdm "${BASE_ARGS[@]}"
+if [ -f "$WORK/himtm-base/model.safetensors" ]; then
+  mkdir -p "$R/himtm-base"
+  find "$WORK/himtm-base" -maxdepth 1 -type f -exec cp {} "$R/himtm-base/" \;
+  [ -d "$WORK/himtm-base-hub" ] && cp -r "$WORK/himtm-base-hub" "$R/himtm-base-hub"
+fi
+# 2. The `full` budget.
 # --no_baselines here and below: the closed-form baselines do not depend on the device; they are computed on a CPU
 # (scripts/benchmark_baselines.py) instead of spending device minutes.
-step "${T_FULL:-330}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
+step "${T_FULL:-280}" acc_$FULL_BUDGET python scripts/benchmark_accuracy.py --budget "$FULL_BUDGET" \
   --datasets "${FULL_DATASETS[@]}" --results_dir "$R" --work_dir "$WORK/work_full" --no_baselines
+# 3. Speed.
+step "${T_SPEED:-40}" speed python scripts/benchmark_speed.py --budget "$SPEED_BUDGET" --device "$SPEED_DEVICE" \
+  --batch_size 64 --output_dir "$R/speed"
+# L = 512, where eager HiMTM is launch-bound on the H200: every model under torch.compile with CUDA graphs.
+step "${T_SPEED_COMPILE:-60}" speed_compiled python scripts/benchmark_speed.py --budget "$SPEED_BUDGET" \
+  --device "$SPEED_DEVICE" --batch_size 64 --context_lengths 512 --warmup 3 --compile reduce-overhead \
+  --output_dir "$R/speed"
 # Optional: the candidate defaults for the large datasets (docs/findings.md, finding 2) at the same budget, to set
 # beside the defaults' rows before they change. Off unless T_FULL_VARIANT is set: it does not fit in a 15-minute
 # session together with the steps above.
@@ -63,7 +82,8 @@ if [ -n "${T_ABL:-}" ]; then
 fi
 if [ -n "${T_TRANSFER:-}" ]; then
   step "$T_TRANSFER" transfer python scripts/transfer.py --budget "$TRANSFER_BUDGET" \
-    --pairs ETTh2:ETTh1 ETTm1:ETTh1 weather:ETTh1 --protocols finetune linear_probe --fractions 0.05 0.1 1.0 \
+    --pairs ETTh2,ETTm1,ETTm2,weather:ETTh1 ETTh1,ETTh2,ETTm1,weather:ETTm2 ETTh1,ETTh2,ETTm1,ETTm2:weather \
+    --protocols finetune scratch --fractions 0.05 0.1 1.0 \
     --results_dir "$R/transfer" --work_dir "$WORK/work_transfer"
 fi
 tar czf "$OUT_DIR/results.tgz" -C "$OUT_DIR" results

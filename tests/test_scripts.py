@@ -171,14 +171,25 @@ def test_gpu_benchmark_session_script_runs_its_steps_and_packs_the_records(tmp_p
     out = tmp_path / "gpu"
     env = {**_env(), "RESULTS_OUT": str(out), "WORK_ROOT": str(tmp_path / "work"), "SPEED_BUDGET": "quick",
            "SPEED_DEVICE": "cpu", "FULL_BUDGET": "quick", "FULL_DATASETS": "ETTh1", "T_SPEED_COMPILE": "0",
-           "T_SPEED": "400", "T_FULL": "400", "T_FULL_VARIANT": "400", "FULL_VARIANT_DATASETS": "ETTh1"}
+           "T_SPEED": "400", "T_FULL": "400", "T_FULL_VARIANT": "400", "FULL_VARIANT_DATASETS": "ETTh1",
+           "BASE_STEPS": "3", "BASE_ARGS": "--d_model 16 --num_attention_heads 2 --ffn_dim 32 "
+           "--decoder_num_attention_heads 2 --csa_num_attention_heads 2 --per_device_train_batch_size 8 "
+           "--max_eval_windows 32 --max_windows_per_dataset 256 --context_length 128 --datasets ETTh1,ETTh2 "
+           "--eval_every_steps 3 --use_cpu"}
     result = subprocess.run(["bash", str(SCRIPTS / "gpu_benchmarks.sh")], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "speed_compiled skipped" in result.stdout
-    assert result.stdout.count("   exit 0 at") == 3, result.stdout  # speed, the accuracy step, its variant step
+    assert result.stdout.count("   exit 0 at") == 4, result.stdout  # himtm-base, accuracy, speed, the variant step
+    # himtm-base runs first, then the accuracy protocol, then speed
+    order = [result.stdout.index(f"{name} (limit") for name in ("himtm_base", "acc_quick", "speed")]
+    assert order == sorted(order), result.stdout
     with tarfile.open(out / "results.tgz") as archive:
         names = archive.getnames()
+    base = {n.removeprefix("results/himtm-base/") for n in names if n.startswith("results/himtm-base/")}
+    assert {"model.safetensors", "config.json", "README.md", "corpus.json", "metrics.json"} <= base, base
+    assert not any(n.startswith("checkpoint") for n in base)  # the resumable checkpoints stay in the work folder
+    assert any(n.startswith("results/himtm-base-hub/") for n in names)  # the push_to_hub dry-run folder
     records = [n for n in names if n.startswith("results/accuracy/") and n.endswith(".json")]
     assert len(records) == 16  # ETTh1 x 4 horizons x (3 models + the HiMTM variant)
     assert sum("-himtm-hsd_instance_norm_head_init_zeros-quick-" in n for n in records) == 4

@@ -103,6 +103,15 @@ def test_model_arguments_expose_every_config_field():
     assert train_args.max_steps == 7 and train_args.output_dir == "outputs/pretrain"
 
 
+@pytest.mark.parametrize("word", ["none", "None"])
+def test_none_is_a_value_where_the_config_allows_it(word):
+    """`--distillation_target_norm none` selects un-normalised targets; it is not "not given" (the default)."""
+    (model_args,) = parse_args((ModelArguments,), ["--distillation_target_norm", word, "--scaling", word])
+    kwargs = model_args.to_config_kwargs()
+    assert kwargs["distillation_target_norm"] == "none" and kwargs["scaling"] is None
+    assert HiMTMConfig(**kwargs).distillation_target_norm == "none"
+
+
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_single_argument_file(tmp_path, suffix):
     values = {"dataset": "ETTh1", "context_length": 64, "d_model": [16, 32], "num_hierarchies": 2,

@@ -154,6 +154,24 @@ def test_corpus_source_pretrains_one_channel_encoders_that_fine_tune_on_the_targ
         assert set(encoder) <= set(load_file(folder / "model.safetensors"))
 
 
+def test_results_page_shows_the_transfer_table_with_its_closed_form_rows(matrix, tmp_path):
+    """docs/results.md's transfer section: the networks and the closed-form rows of a cell on one table row."""
+    from himtm_hf.benchmarks.report import regenerate_results_md
+
+    args, all_records, _ = matrix
+    results = tmp_path / "results"
+    (results / "transfer").mkdir(parents=True)
+    for r in all_records:
+        (results / "transfer" / f"{r['model']}-{r['protocol']}-{r['fraction']}.json").write_text(json.dumps(r))
+    page = regenerate_results_md(results, tmp_path / "results.md").read_text()
+    section = page.split("## Transfer", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| weather->ETTh1 | 16 | 1 | 3 |"))
+    for r in all_records:
+        if r["fraction"] == 1.0:
+            assert f"{r['mse']:.4f}" in row
+    assert "### Budget `quick`" in section and "pytest transfer" in section
+
+
 def test_existing_records_are_skipped(matrix):
     args, records, _ = matrix
     again = run_transfer(args, command="pytest transfer", log=lambda *_: None)

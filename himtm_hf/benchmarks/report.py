@@ -57,7 +57,7 @@ def regenerate_results_md(results_dir: Path = RESULTS_DIR, output: Path | None =
     lines += _scoreboard_section(accuracy, baselines)
     lines += _accuracy_section(accuracy, baselines)
     lines += _ablation_section(_current(load_records(results_dir, "ablation")), baselines)
-    lines += _transfer_section(_current(load_records(results_dir, "transfer")), baselines)
+    lines += _transfer_section(_current(load_records(results_dir, "transfer")))
     lines += _speed_section(results_dir / "speed")
     output.write_text("\n".join(lines) + "\n")
     return output
@@ -385,52 +385,25 @@ def _ablation_section(records: list[dict[str, Any]], baselines: Baselines | None
     return lines
 
 
-def _transfer_section(records: list[dict[str, Any]], baselines: Baselines | None = None) -> list[str]:
-    """One table per (budget, device): a row per pair, horizon, protocol, fraction and seed with HiMTM and PatchTST
-    side by side, so that every compared pair of numbers comes from the same machine and budget, and the closed-form
-    baselines on the target's test windows."""
-    baselines = baselines or {}
-    lines = ["## Transfer (pre-train on the source, fine-tune / linear-probe on the target)", ""]
+def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
+    """One table per (budget, device) (:func:`~himtm_hf.benchmarks.transfer.transfer_table`), so that every compared
+    pair of numbers comes from the same machine and budget, with the closed-form rows each record set carries."""
+    from .transfer import TABLE_LEGEND, transfer_table
+
+    lines = ["## Transfer (pre-train on the source, fine-tune on the target, few-shot fractions)", ""]
     if not records:
-        return lines + ["No transfer records at the current HiMTM defaults yet; `python scripts/transfer.py --pairs weather:ETTh1 "
-                       "ETTh2:ETTh1 ETTm1:ETTh1 --protocols finetune linear_probe --fractions 0.05 0.1 1.0` writes "
-                       "them (the last ones, of an older model, are read in docs/findings.md, finding 13).", ""]
-    lines += [f"The naive and linear (ridge) columns: {_BASELINES_LEGEND} Here on the target's test windows; the "
-              "linear forecaster is fitted on all of the target's train windows, whatever the row's fraction.", ""]
+        return lines + ["No transfer records at the current HiMTM defaults yet; `python scripts/transfer.py --budget "
+                        "cpu_fewshot --pairs ETTh2,ETTm1,ETTm2,weather:ETTh1 --protocols finetune scratch` writes "
+                        "them.", ""]
+    lines += [TABLE_LEGEND, ""]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(str(r.get("budget")), str(r.get("device")))].append(r)
     for (budget, device), rows in sorted(groups.items()):
-        cells: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for r in rows:
-            key = (str(r.get("source_dataset")), str(r.get("target_dataset")), r.get("prediction_length"),
-                   str(r.get("protocol")), float(r.get("fraction") or 0), r.get("seed"))
-            cells[key][str(r.get("model"))] = r
-        lines += [f"### Budget `{budget}` on {device}", "", *_defaults_legend(rows, marked=False),
-                  "| source -> target | H | protocol | fraction of target train windows | HiMTM MSE | HiMTM MAE | "
-                  "PatchTST MSE | PatchTST MAE | HiMTM / PatchTST (MSE) | "
-                  + " | ".join(f"{label} MSE / MAE" for label in BASELINE_LABELS.values())
-                  + " | commits (HiMTM / PatchTST) |",
-                  "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(BASELINE_LABELS)]
-        protocol_order = {"finetune": 0, "linear_probe": 1, "scratch": 2}
-        used, capped = [], False
-        for key in sorted(cells, key=lambda k: (k[0], k[1], k[2], protocol_order.get(k[3], 9), k[4], k[5])):
-            himtm, patchtst = cells[key].get("himtm"), cells[key].get("patchtst")
-            ratio = (f"{himtm['mse'] / patchtst['mse']:.3f}" if himtm and patchtst else "–")
-            commits = " / ".join(str(r["git_commit"]) if r else "–" for r in (himtm, patchtst))
-            runs = list(cells[key].values())
-            simple = _cell_baseline(baselines, key[1], runs)
-            used.append(simple)
-            simple_cells = [_baseline_metric_cell(simple, k, {r.get("test_windows") for r in runs})
-                            for k in BASELINE_LABELS]
-            capped = capped or any(cell.endswith("†") for cell in simple_cells)
-            lines.append(f"| {key[0]} -> {key[1]} | {key[2]} | {key[3]} | {key[4]:g} | "
-                         f"{_fmt(himtm and himtm.get('mse'))} | {_fmt(himtm and himtm.get('mae'))} | "
-                         f"{_fmt(patchtst and patchtst.get('mse'))} | {_fmt(patchtst and patchtst.get('mae'))} | "
-                         f"{ratio} | " + " | ".join(simple_cells) + f" | {commits} |")
+        commits = sorted({str(r.get("git_commit")) for r in rows})
         commands = sorted({str(r.get("command")) for r in rows})
-        lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", ""]
-        lines += _baselines_provenance(used, capped)
+        lines += [f"### Budget `{budget}` on {device}", "", *_defaults_legend(rows, marked=False), *transfer_table(rows),
+                  "", f"Commit(s): {', '.join(commits)}. Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", ""]
     return lines
 
 

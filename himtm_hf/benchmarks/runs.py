@@ -15,14 +15,15 @@ from accelerate.utils import set_seed
 from ..data import SplitData
 from ..evaluation import compute_forecast_metrics
 from ..modeling_himtm import HiMTMForPrediction, HiMTMForPretraining
+from ..training.arguments import PretrainArguments
 from .budgets import ALL_MODELS, PRETRAINING_OF, Budget, himtm_config, patchtst_config
 
-# HiMTM's pre-training keeps the weights with the lowest validation reconstruction loss: the distillation part of the
-# total can fall while the encoder learns nothing (docs/architecture.md). PatchTST reports only `loss` (its
-# reconstruction loss).
-HIMTM_PRETRAIN_METRIC = "reconstruction_loss"
+# HiMTM's pre-training keeps the weights pretrain.py keeps (PretrainArguments' default: the lowest validation
+# reconstruction loss; the distillation part of the total can fall while the encoder learns nothing,
+# docs/architecture.md). PatchTST reports only `loss` (its reconstruction loss).
+HIMTM_PRETRAIN_METRIC: str = PretrainArguments.metric_for_best_model
 # Validation windows the pre-training diagnostics score (`himtm_hf.pretraining_diagnostics`), as `pretrain.py` does.
-DIAGNOSTICS_WINDOWS = 256
+DIAGNOSTICS_WINDOWS: int = PretrainArguments.diagnostics_windows
 
 
 def _train_args(budget: Budget, phase: str, output_dir: Path, seed: int, disable_tqdm: bool = True,

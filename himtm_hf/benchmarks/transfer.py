@@ -69,6 +69,7 @@ __all__ = [
     "pretrain_run",
     "run_transfer",
     "summarise_results",
+    "transfer_table",
 ]
 
 MODELS = ("himtm", "patchtst")
@@ -707,14 +708,10 @@ def _column_label(model: str, protocol: str) -> str:
     return f"{names.get(model, model)} {'supervised' if model == 'patchtst' and protocol == 'scratch' else protocol}"
 
 
-def summarise_results(results_dir: str | Path) -> str:
-    """A markdown table of every record under ``results_dir``: one row per pair, horizon, fraction and seed; one test
-    MSE column per (model, protocol) present, the closed-form rows' MSE beside them, and the ratios that say what
-    pre-training buys (each where both of its cells exist)."""
-    records = [json.loads(p.read_text()) for p in sorted(Path(results_dir).rglob("*.json"))]
-    records = [r for r in records if "mse" in r and "model" in r]
-    if not records:
-        return "No results yet.\n"
+def transfer_table(records: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of transfer ``records``: one row per pair, horizon, fraction and seed; one test MSE column
+    per (model, protocol) present, the closed-form rows beside them, and the ratios that say what pre-training buys
+    (each where both of its cells exist)."""
     rows: dict[tuple, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in records:
         key = (r["pair"], r["prediction_length"], r["fraction"], r["seed"])
@@ -722,19 +719,7 @@ def summarise_results(results_dir: str | Path) -> str:
     present = {cell for by_cell in rows.values() for cell in by_cell}
     columns = [c for c in _COLUMNS if c in present] + sorted(present - set(_COLUMNS))
     ratios = [(label, a, b) for label, a, b in _RATIOS if a in present and b in present]
-    budgets = sorted({r["budget"] for r in records})
-    devices = sorted({r["device"] for r in records})
-    commits = sorted({str(r.get("git_commit"))[:7] for r in records})
     lines = [
-        f"# Transfer results (budget: {', '.join(budgets)})",
-        "",
-        "Test MSE on the target's standardised test split (every window): pre-trained on the source, then fine-tuned "
-        "on the given fraction of the target's training windows (the most recent ones); `scratch` is the same "
-        "network from a random start (for PatchTST: supervised PatchTST), and the closed-form rows are fitted on the "
-        "same windows. A ratio below 1 means the pre-trained model has the lower error. Written by "
-        "`scripts/transfer.py`; one JSON record per cell (with MAE, the command and the budget) next to this file. "
-        f"Device(s): {', '.join(devices)}; commit(s): {', '.join(commits)}.",
-        "",
         "| pair | H | fraction | seed | " + " | ".join(_column_label(*c) for c in columns)
         + "".join(f" | {label}" for label, _, _ in ratios) + " |",
         "|---|---|---|---|" + "---|" * (len(columns) + len(ratios)),
@@ -744,6 +729,36 @@ def summarise_results(results_dir: str | Path) -> str:
         cells += [f"{by_cell[a]['mse'] / by_cell[b]['mse']:.3f}" if a in by_cell and b in by_cell else ""
                   for _, a, b in ratios]
         lines.append(f"| {pair} | {horizon} | {fraction:g} | {seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
+TABLE_LEGEND = (
+    "Test MSE on the target's standardised test split: pre-trained on the source, then fine-tuned (`finetune`) or "
+    "linear-probed on the given fraction of the target's training windows (the most recent ones); `scratch` is the "
+    "same network from a random start (for PatchTST: supervised PatchTST); the naive (last value) and linear "
+    "(NLinear-style ridge) rows are fitted on the same windows and scored on the same test windows. A ratio below 1 "
+    "means the pre-trained model has the lower error. A source of several datasets (joined by +) is a "
+    "channel-independent corpus that leaves the target out."
+)
+
+
+def summarise_results(results_dir: str | Path) -> str:
+    """``summary.md``: :func:`transfer_table` of every record under ``results_dir``."""
+    records = [json.loads(p.read_text()) for p in sorted(Path(results_dir).rglob("*.json"))]
+    records = [r for r in records if "mse" in r and "model" in r]
+    if not records:
+        return "No results yet.\n"
+    budgets = sorted({r["budget"] for r in records})
+    devices = sorted({r["device"] for r in records})
+    commits = sorted({str(r.get("git_commit"))[:7] for r in records})
+    lines = [
+        f"# Transfer results (budget: {', '.join(budgets)})",
+        "",
+        f"{TABLE_LEGEND} Written by `scripts/transfer.py`; one JSON record per cell (with MAE, the command and the "
+        f"budget) next to this file. Device(s): {', '.join(devices)}; commit(s): {', '.join(commits)}.",
+        "",
+        *transfer_table(records),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,8 @@ SHARED_WITH_DATA = ("context_length", "prediction_length")
 """ModelArguments fields that are set by the same flag as the DataArguments field of the same name."""
 
 _NONE_STRINGS = ("none", "null", "~", "")
+# Config fields for which the word "none" is one of the values (a string), not "not given".
+_NONE_IS_A_VALUE = ("distillation_target_norm",)
 
 COMPILE_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
 """`--torch_compile_backend` values: torch's built-in backends (others need extra packages)."""
@@ -161,6 +163,9 @@ def _model_args_to_config_kwargs(self) -> dict[str, Any]:
         value = getattr(self, f.name, None)
         if value is None:
             continue
+        if f.name in _NONE_IS_A_VALUE and isinstance(value, str) and value.strip().lower() == "none":
+            kwargs[f.name] = "none"
+            continue
         if _MODEL_FIELD_KINDS.get(f.name) == "yaml":
             value = parse_list_value(value)
         elif isinstance(value, str) and f.type is not str and _MODEL_FIELD_KINDS.get(f.name) == "plain":
@@ -173,7 +178,7 @@ def _model_args_post_init(self) -> None:
     for name, kind in _MODEL_FIELD_KINDS.items():
         if kind == "plain":
             value = getattr(self, name)
-            if isinstance(value, str) and value.strip().lower() in _NONE_STRINGS:
+            if isinstance(value, str) and value.strip().lower() in _NONE_STRINGS and name not in _NONE_IS_A_VALUE:
                 setattr(self, name, None)
 
 
