@@ -42,7 +42,7 @@ step() {  # step <seconds> <log name> <command...>
 # 1. himtm-base. Checkpoints every 1000 steps stay in $WORK (resumable with --resume_from_checkpoint latest); the
 #    finished folder, without them, goes into the results.
 step "${T_BASE:-200}" himtm_base python scripts/pretrain_base.py --output_dir "$WORK/himtm-base" \
-  --dry_run_dir "$WORK/himtm-base-hub" --overwrite_output_dir --max_steps "${BASE_STEPS:-6000}" --save_steps 1000 \
+  --dry_run_dir "$WORK/himtm-base-hub" --overwrite_output_dir --max_steps "${BASE_STEPS:-3000}" --save_steps 1000 \
   --disable_tqdm "${BASE_ARGS[@]}"
 if [ -f "$WORK/himtm-base/model.safetensors" ]; then
   mkdir -p "$R/himtm-base"
