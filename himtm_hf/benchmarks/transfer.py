@@ -714,7 +714,8 @@ def transfer_table(records: list[dict[str, Any]]) -> list[str]:
     (each where both of its cells exist)."""
     rows: dict[tuple, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in records:
-        key = (r["pair"], r["prediction_length"], r["fraction"], r["seed"])
+        pair = r.get("pair") or f"{r['source_dataset']}->{r['target_dataset']}"
+        key = (pair, r["prediction_length"], r["fraction"], r["seed"])
         rows.setdefault(key, {})[(r["model"], r["protocol"])] = r
     present = {cell for by_cell in rows.values() for cell in by_cell}
     columns = [c for c in _COLUMNS if c in present] + sorted(present - set(_COLUMNS))
