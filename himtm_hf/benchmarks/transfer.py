@@ -520,8 +520,9 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
         """(name, channels, train windows) of a source or target, each loaded once; a corpus source is named by its
         datasets joined with "+", has 1 channel and counts univariate windows."""
         if name not in facts:
-            if _data_args(budget, name, args.data_dir).is_corpus:
-                corpus = _data_args(budget, name, args.data_dir).load_pretraining()
+            data_args = _data_args(budget, name, args.data_dir)
+            if data_args.is_corpus:
+                corpus = data_args.load_pretraining()
                 facts[name] = ("+".join(corpus.names), 1, len(corpus.train))
             else:
                 splits = load_splits(name, data_dir=args.data_dir, context_length=budget.context_length,
