@@ -406,8 +406,39 @@ def test_head_only_epochs_train_the_head_first_then_everything_at_half_the_rate(
     common = dict(output_dir=str(tmp_path / "x"), pretrained_model_path=str(pretrained), num_train_epochs=2)
     for bad, message in ((dict(head_only_epochs=2), "must be below --num_train_epochs"),
                          (dict(head_only_epochs=1, linear_probe=True), "contradict each other"),
-                         (dict(head_only_epochs=1, max_steps=4), "use --num_train_epochs instead"),
+                         (dict(head_only_epochs=1, max_steps=4), "use --head_only_steps with --max_steps"),
                          (dict(head_only_epochs=-1), "must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            FinetuneArguments(**common, **bad)
+
+
+def test_head_only_steps_split_max_steps_between_the_head_and_the_whole_model(tmp_path):
+    """LP-FT counted in optimiser steps (`--head_only_steps` with `--max_steps`, what a fixed-step benchmark budget
+    needs): phase 1 runs exactly `head_only_steps` with the encoder frozen, phase 2 the rest at half the rate."""
+    pretrained = run_pretrain_script(tmp_path / "pt", "--max_steps", "2")
+    out = tmp_path / "lpft"
+    metrics = finetune(ModelArguments(), DataArguments(context_length=L, prediction_length=H),
+                       FinetuneArguments(output_dir=str(out), pretrained_model_path=str(pretrained),
+                                         head_only_steps=2, max_steps=5, learning_rate=1e-3,
+                                         lr_scheduler_type="constant", per_device_train_batch_size=8,
+                                         max_train_windows=24, max_eval_windows=16, max_test_windows=20,
+                                         eval_every_steps=1, save_steps=1, early_stopping_patience=0,
+                                         logging_steps=1, plot_windows=0, disable_tqdm=True, use_cpu=True))
+    head_log, full_log = read_log(out / "head_only" / "log.jsonl"), read_log(out / "log.jsonl")
+    assert [r["lr"] for r in head_log if r["split"] == "train"] == [1e-3] * 2
+    assert [r["lr"] for r in full_log if r["split"] == "train"] == [5e-4] * 3
+    assert metrics["steps"] == 5 and metrics["head_only_steps"] == 2
+    before = load_file(str(pretrained / "model.safetensors"))
+    phase_1 = load_file(str(out / "head_only" / "checkpoints" / "step-2" / "model.safetensors"))
+    encoder = [k for k in before if k.startswith("model.")]
+    assert encoder and all(torch.equal(before[k], phase_1[k]) for k in encoder)
+
+    common = dict(output_dir=str(tmp_path / "x"), pretrained_model_path=str(pretrained))
+    for bad, message in ((dict(head_only_steps=2), "--max_steps is not set"),
+                         (dict(head_only_steps=4, max_steps=4), "must be below --max_steps"),
+                         (dict(head_only_steps=1, head_only_epochs=1, max_steps=4), "give one"),
+                         (dict(head_only_steps=1, max_steps=4, linear_probe=True), "contradict each other"),
+                         (dict(head_only_steps=-1), "must be >= 0")):
         with pytest.raises(ValueError, match=message):
             FinetuneArguments(**common, **bad)
 

@@ -560,6 +560,11 @@ class FinetuneArguments(TrainArguments):
                           "then the whole model at half the learning rate (LP-FT, PatchTST's own fine-tuning of a "
                           "pre-trained encoder); 0: fine-tune everything from the start."},
     )
+    head_only_steps: int = field(
+        default=0,
+        metadata={"help": "With --max_steps: train the CSA-FT head alone for this many of the --max_steps first, then "
+                          "the whole model at half the learning rate (LP-FT counted in steps); 0: off."},
+    )
     max_test_windows: int | None = field(
         default=None,
         metadata={"help": "Cap the TEST windows (evenly strided). Not given: every test window, as the protocol says."},
@@ -571,26 +576,49 @@ class FinetuneArguments(TrainArguments):
         super().__post_init__()
         if self.head_only_epochs < 0:
             raise ValueError(f"--head_only_epochs must be >= 0, got {self.head_only_epochs}.")
-        if self.head_only_epochs > 0:
+        if self.head_only_steps < 0:
+            raise ValueError(f"--head_only_steps must be >= 0, got {self.head_only_steps}.")
+        if self.head_only_epochs > 0 or self.head_only_steps > 0:
+            flag = "--head_only_steps" if self.head_only_steps > 0 else "--head_only_epochs"
             if self.linear_probe:
-                raise ValueError("--head_only_epochs and --linear_probe contradict each other: linear probing never "
+                raise ValueError(f"{flag} and --linear_probe contradict each other: linear probing never "
                                  "unfreezes the encoder. Use one of them.")
-            check_head_only_epochs(self, self.head_only_epochs)
+            check_head_only(self, self.head_only_epochs, self.head_only_steps)
+
+    @property
+    def trains_head_first(self) -> bool:
+        """Whether the run is LP-FT (`--head_only_epochs` or `--head_only_steps`)."""
+        return self.head_only_epochs > 0 or self.head_only_steps > 0
 
 
-def check_head_only_epochs(train_args: TrainArguments, head_only_epochs: float) -> None:
-    """Raises unless `train_args` can be split into `head_only_epochs` of the head alone and the rest for the whole
-    model (`train_head_then_model`): epochs, not `max_steps`; fewer head-only epochs than in all; no resume."""
-    if train_args.max_steps > 0:
-        raise ValueError(f"--head_only_epochs splits --num_train_epochs between the head-only and the full phase, but "
-                         f"--max_steps {train_args.max_steps} is set; use --num_train_epochs instead.")
-    if head_only_epochs <= 0:
-        raise ValueError(f"--head_only_epochs must be > 0 to train the head first, got {head_only_epochs}.")
-    if head_only_epochs >= train_args.num_train_epochs:
-        raise ValueError(f"--head_only_epochs ({head_only_epochs}) must be below --num_train_epochs "
-                         f"({train_args.num_train_epochs}): the remaining epochs fine-tune the whole model.")
+def check_head_only(train_args: TrainArguments, head_only_epochs: float = 0.0, head_only_steps: int = 0) -> None:
+    """Raises unless `train_args` can be split into a head-only phase and the rest for the whole model
+    (`train_head_then_model`): `head_only_epochs` of `--num_train_epochs`, or `head_only_steps` of `--max_steps`
+    (exactly one of the two); a shorter head-only phase than the whole; no resume."""
+    if head_only_epochs > 0 and head_only_steps > 0:
+        raise ValueError(f"--head_only_epochs ({head_only_epochs}) and --head_only_steps ({head_only_steps}) both set "
+                         "the head-only phase; give one (steps with --max_steps, epochs with --num_train_epochs).")
+    if head_only_steps > 0:
+        if train_args.max_steps <= 0:
+            raise ValueError(f"--head_only_steps ({head_only_steps}) splits --max_steps between the head-only and the "
+                             "full phase, but --max_steps is not set; set it, or use --head_only_epochs.")
+        if head_only_steps >= train_args.max_steps:
+            raise ValueError(f"--head_only_steps ({head_only_steps}) must be below --max_steps "
+                             f"({train_args.max_steps}): the remaining steps fine-tune the whole model.")
+    elif head_only_epochs > 0:
+        if train_args.max_steps > 0:
+            raise ValueError(f"--head_only_epochs splits --num_train_epochs between the head-only and the full phase, "
+                             f"but --max_steps {train_args.max_steps} is set; use --head_only_steps with --max_steps, "
+                             "or --num_train_epochs instead.")
+        if head_only_epochs >= train_args.num_train_epochs:
+            raise ValueError(f"--head_only_epochs ({head_only_epochs}) must be below --num_train_epochs "
+                             f"({train_args.num_train_epochs}): the remaining epochs fine-tune the whole model.")
+    else:
+        raise ValueError(f"The head-only phase must be > 0 to train the head first, got --head_only_epochs "
+                         f"{head_only_epochs} and --head_only_steps {head_only_steps}.")
     if train_args.resume_from_checkpoint:
-        raise ValueError("--resume_from_checkpoint is not supported with --head_only_epochs; start the run again.")
+        raise ValueError("--resume_from_checkpoint is not supported with a head-only phase (LP-FT); start the run "
+                         "again.")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from ..output_folders import claim_output_dir
-from .arguments import TrainArguments, check_head_only_epochs
+from .arguments import TrainArguments, check_head_only
 from .checkpointing import (
     CHECKPOINTS_DIR,
     TrainerState,
@@ -1185,43 +1185,60 @@ def train_head_then_model(
     train_dataset: Dataset,
     val_dataset: Dataset | None,
     train_args: TrainArguments,
-    head_only_epochs: float,
+    head_only_epochs: float = 0.0,
     accelerator: Accelerator | None = None,
     prepare_output: bool = True,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    head_only_steps: int = 0,
 ) -> TrainResult:
     """Two-phase fine-tuning of a pre-trained forecaster (linear probing, then full fine-tuning: "LP-FT"), the
     protocol of PatchTST's own self-supervised fine-tuning (`Learner.fine_tune(n_epochs, base_lr, freeze_epochs)`).
 
-    Phase 1 trains the head alone, with the encoder frozen, for `head_only_epochs` at `train_args.learning_rate`
-    (its run files go to `output_dir/head_only/`). Phase 2 starts from phase 1's best-validated weights, unfreezes
-    the encoder and trains everything for the rest of `train_args.num_train_epochs` at half that learning rate. Each
-    phase has its own warm-up/decay schedule and early stopping; the returned weights are those with the lowest
-    validation loss over both phases. Why: a fresh head trained together with a pre-trained encoder sends its early,
-    large gradients into the encoder; a head fitted first leaves the encoder less to undo.
+    Phase 1 trains the head alone, with the encoder frozen, for `head_only_epochs` (or, with `max_steps`,
+    `head_only_steps`) at `train_args.learning_rate` (its run files go to `output_dir/head_only/`). Phase 2 starts
+    from phase 1's best-validated weights, unfreezes the encoder and trains everything for the rest of the budget at
+    half that learning rate. Each phase has its own warm-up/decay schedule and early stopping; the returned weights
+    are those with the lowest validation loss over both phases. Why: a fresh head trained together with a
+    pre-trained encoder sends its early, large gradients into the encoder and distorts the features the pre-training
+    learned; a head fitted first leaves the encoder less to undo (Kumar et al., 2022, "Fine-tuning can distort
+    pretrained features").
 
     Args:
         model, train_dataset, val_dataset, accelerator, collate_fn: as in [`train_model`].
-        train_args: [`TrainArguments`]; `num_train_epochs` is the total of both phases (`max_steps` must be off,
-            and resuming is not supported).
-        head_only_epochs: epochs of phase 1, `0 < head_only_epochs < num_train_epochs`.
+        train_args: [`TrainArguments`]; `num_train_epochs` (or `max_steps`) is the total of both phases (resuming is
+            not supported).
+        head_only_epochs: epochs of phase 1, `0 < head_only_epochs < num_train_epochs`, when `max_steps` is off.
+        head_only_steps: optimiser steps of phase 1, `0 < head_only_steps < max_steps`, when `max_steps` is set.
         prepare_output: check, create and hold `train_args.output_dir` here.
 
     Returns:
         [`TrainResult`] over both phases: `global_step`, `epochs` and `wall_time_s` add up, `best_step` counts from the
         start of phase 1, `history` holds phase 1's log lines (`"phase": "head_only"`) then phase 2's.
     """
-    check_head_only_epochs(train_args, head_only_epochs)
+    check_head_only(train_args, head_only_epochs, head_only_steps)
     if getattr(getattr(model, "config", None), "freeze_encoder", False):
-        raise ValueError("The model's encoder is frozen (linear probing); --head_only_epochs needs a model whose "
-                         "encoder is fine-tuned after the head. Use one or the other.")
+        raise ValueError("The model's encoder is frozen (linear probing); a head-only phase (LP-FT) needs a model "
+                         "whose encoder is fine-tuned after the head. Use one or the other.")
     accelerator = accelerator or make_accelerator(train_args)
+    phases = _phase_budgets(train_args, head_only_epochs, head_only_steps)
     if not prepare_output:
-        return _train_head_then_model(model, train_dataset, val_dataset, train_args, head_only_epochs, accelerator,
-                                      collate_fn)
+        return _train_head_then_model(model, train_dataset, val_dataset, train_args, phases, accelerator, collate_fn)
     with claim_run_dir(train_args.output_dir, train_args.overwrite_output_dir, False, accelerator):
-        return _train_head_then_model(model, train_dataset, val_dataset, train_args, head_only_epochs, accelerator,
-                                      collate_fn)
+        return _train_head_then_model(model, train_dataset, val_dataset, train_args, phases, accelerator, collate_fn)
+
+
+def _phase_budgets(train_args: TrainArguments, head_only_epochs: float,
+                   head_only_steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `TrainArguments` fields that set the length of phase 1 and of phase 2 of LP-FT."""
+    # Each phase is a plain run of `train_model` (a FinetuneArguments' own head-only fields are this split, done here).
+    plain = {"head_only_epochs": 0.0} if hasattr(train_args, "head_only_epochs") else {}
+    if hasattr(train_args, "head_only_steps"):
+        plain["head_only_steps"] = 0
+    if head_only_steps > 0:
+        return ({"max_steps": head_only_steps, **plain},
+                {"max_steps": train_args.max_steps - head_only_steps, **plain})
+    return ({"num_train_epochs": head_only_epochs, **plain},
+            {"num_train_epochs": train_args.num_train_epochs - head_only_epochs, **plain})
 
 
 def _train_head_then_model(
@@ -1229,25 +1246,22 @@ def _train_head_then_model(
     train_dataset: Dataset,
     val_dataset: Dataset | None,
     train_args: TrainArguments,
-    head_only_epochs: float,
+    phases: tuple[dict[str, Any], dict[str, Any]],
     accelerator: Accelerator,
     collate_fn: Callable[[list[Any]], Any] | None,
 ) -> TrainResult:
     """The two phases of [`train_head_then_model`], in a run folder that is already prepared (and held)."""
     output_dir = Path(train_args.output_dir)
-
-    # Each phase is a plain run of `train_model` (a FinetuneArguments' own `head_only_epochs` is this split, done here).
-    plain = {"head_only_epochs": 0.0} if hasattr(train_args, "head_only_epochs") else {}
+    head_phase, full_phase = phases
     set_encoder_frozen(model, True)
     head_args = replace(train_args, output_dir=str(output_dir / HEAD_ONLY_DIR), overwrite_output_dir=True,
-                        num_train_epochs=head_only_epochs, **plain)
+                        **head_phase)
     head = train_model(model, train_dataset, val_dataset, head_args, accelerator, prepare_output=True,
                        collate_fn=collate_fn)
     head_best = _cpu_state(head.model) if head.best_val_loss is not None else None
 
     set_encoder_frozen(head.model, False)
-    all_args = replace(train_args, num_train_epochs=train_args.num_train_epochs - head_only_epochs,
-                       learning_rate=train_args.learning_rate / 2, **plain)
+    all_args = replace(train_args, learning_rate=train_args.learning_rate / 2, **full_phase)
     full = train_model(head.model, train_dataset, val_dataset, all_args, head.accelerator, prepare_output=False,
                        collate_fn=collate_fn)
 

@@ -454,8 +454,8 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, train_args: F
     """Fine-tunes (or trains from scratch) `HiMTMForPrediction`, evaluates the best weights and saves everything.
 
     `train_args.pretrained_model_path` = a pre-training folder (encoder transferred, head initialised) or None (from
-    scratch); `train_args.linear_probe` freezes the encoder; `train_args.head_only_epochs` trains the head alone
-    first ([`train_head_then_model`]). The test metrics use every test window unless
+    scratch); `train_args.linear_probe` freezes the encoder; `train_args.head_only_epochs` (or `head_only_steps`) trains
+    the head alone first ([`train_head_then_model`]). The test metrics use every test window unless
     `train_args.max_test_windows` is given.
 
     Returns:
@@ -489,9 +489,9 @@ def _finetune_into(output_dir: Path, model_args: ModelArguments, data_args: Data
         model = HiMTMForPrediction(config)
     write_run_args(output_dir, accelerator, model_args=model_args, data_args=data_args, train_args=train_args,
                    config=model.config.to_dict(), script="finetune")
-    if train_args.head_only_epochs > 0:
+    if train_args.trains_head_first:
         result = train_head_then_model(model, splits.train, splits.val, train_args, train_args.head_only_epochs,
-                                       accelerator, prepare_output=False)
+                                       accelerator, prepare_output=False, head_only_steps=train_args.head_only_steps)
     else:
         result = train_model(model, splits.train, splits.val, train_args, accelerator, is_pretraining=False,
                              prepare_output=False)
@@ -520,6 +520,7 @@ def _finetune_into(output_dir: Path, model_args: ModelArguments, data_args: Data
         "pretrained_model_path": str(train_args.pretrained_model_path) if train_args.pretrained_model_path else None,
         "linear_probe": bool(train_args.linear_probe),
         "head_only_epochs": float(train_args.head_only_epochs),
+        "head_only_steps": int(train_args.head_only_steps),
     }
     if accelerator.is_main_process:
         model.save_pretrained(output_dir)
