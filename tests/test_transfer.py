@@ -200,6 +200,29 @@ def test_pretrained_encoder_is_loaded_and_linear_probe_keeps_it_frozen(matrix, m
     assert any(not torch.equal(finetuned["finetune"][k], pretrained[k]) for k in encoder_keys)
 
 
+def test_lp_ft_trains_the_head_alone_first_for_both_models(matrix):
+    """`lp_ft`: the first `HEAD_ONLY_FRACTION` of the budget's steps train the head alone (phase 1, its own log), the
+    rest train everything (that the encoder stays frozen in phase 1 is tested in test_training.py); the record says
+    how many steps were head-only."""
+    args, _, root = matrix
+    lp_args = TransferArguments(pairs=["weather:ETTh1"], models=["himtm", "patchtst"], protocols=["lp_ft"],
+                                fractions=[1.0], budget="quick", seed=3, data_dir=args.data_dir,
+                                results_dir=str(root / "results-lpft"), work_dir=args.work_dir)
+    records = _networks(run_transfer(lp_args, command="pytest transfer lp_ft", log=lambda *_: None))
+    assert sorted(r["model"] for r in records) == ["himtm", "patchtst"]
+    work = Path(args.work_dir) / "quick"
+    for record in records:
+        assert record["protocol"] == "lp_ft" and record["head_only_steps"] == 1 and record["finetune_steps"] == 3
+        folder = work / "finetune" / "weather-to-ETTh1" / "H16" / f"{record['model']}-lp_ft-f1-seed3"
+        head_log = [json.loads(line) for line in (folder / "head_only" / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in head_log if r["split"] == "train"] == [1]
+        full_log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in full_log if r["split"] == "train"][-1] == 2  # phase 2: the other 2 steps
+        assert json.loads((folder / "metrics.json").read_text())["head_only_steps"] == 1
+    table = (root / "results-lpft" / "quick" / "summary.md").read_text()
+    assert "HiMTM lp_ft" in table and "PatchTST lp_ft" in table
+
+
 def test_patchtst_baseline_is_configured_as_in_the_paper():
     config = build_patchtst_config(BUDGETS["cpu"], num_channels=7, pretraining=True)
     assert (config.patch_length, config.patch_stride, config.random_mask_ratio) == (12, 12, 0.4)

@@ -11,7 +11,9 @@ The driver runs a matrix over
   ``patchtst`` (self-supervised PatchTST: ``transformers.PatchTSTForPretraining`` -> ``PatchTSTForPrediction``
   initialised from it, configured as in the PatchTST paper: patch 12, stride 12, mask ratio 0.4,
   ``pooling_type=None`` (flatten head), ``scaling="std"``, d_model 128, 16 heads, d_ff 512, 3 layers, dropout 0.2),
-* protocols: ``finetune`` (full fine-tuning), ``linear_probe`` (frozen encoder, only the head is trained) and
+* protocols: ``finetune`` (full fine-tuning), ``lp_ft`` (the head alone for the first ``HEAD_ONLY_FRACTION`` of the
+  fine-tuning steps, then everything at half the learning rate: :func:`~himtm_hf.training.train_head_then_model`,
+  PatchTST's own protocol for a pre-trained encoder), ``linear_probe`` (frozen encoder, only the head is trained) and
   optionally ``scratch`` (no pre-training: the same forecaster randomly initialised, the reference that shows what
   pre-training buys),
 * few-shot fractions of the target's training windows (``0.05``, ``0.1``, ``1.0``): ``ceil(f * N)`` windows, the
@@ -53,6 +55,7 @@ from typing import Any
 
 import torch
 
+from .budgets import HEAD_ONLY_FRACTION
 from .records import HIMTM_DEFAULTS_VERSION, git_commit, portable_path
 
 __all__ = [
@@ -73,7 +76,7 @@ __all__ = [
 ]
 
 MODELS = ("himtm", "patchtst")
-PROTOCOLS = ("finetune", "linear_probe", "scratch")
+PROTOCOLS = ("finetune", "lp_ft", "linear_probe", "scratch")
 # The closed-form rows of every (target, fraction): record key "model" -> what the summary calls it.
 CLOSED_FORM = {"naive": "naive (last value)", "linear": "linear (ridge)"}
 
@@ -403,11 +406,11 @@ def _load_patchtst_forecaster(pretrained: str | Path | None, budget: Budget, num
 
 def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None, output_dir: Path, seed: int,
                  pretrained: str | Path | None, linear_probe: bool, train_fraction: float = 1.0,
-                 use_cpu: bool = False) -> dict[str, Any]:
+                 use_cpu: bool = False, head_only_steps: int = 0) -> dict[str, Any]:
     """Fine-tunes (``pretrained`` given) or trains from scratch a forecaster on ``dataset`` (the last
     ``train_fraction`` of its train windows), tests it, and writes a run folder (model, scaler, metrics.json) at
-    ``output_dir``. Returns the ``metrics.json`` content plus ``trainable_parameters`` and
-    ``encoder_tensors_loaded``."""
+    ``output_dir``. ``head_only_steps`` > 0: LP-FT, that many of the budget's steps train the head alone first.
+    Returns the ``metrics.json`` content plus ``trainable_parameters`` and ``encoder_tensors_loaded``."""
     import time
 
     from .. import training
@@ -418,7 +421,7 @@ def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
     train_args = _train_args(
         training.FinetuneArguments, budget, output_dir, budget.finetune_steps, lr, seed, use_cpu,
         pretrained_model_path=str(pretrained) if pretrained else None, linear_probe=linear_probe,
-        max_test_windows=budget.max_test_windows, plot_windows=0,
+        max_test_windows=budget.max_test_windows, plot_windows=0, head_only_steps=head_only_steps,
     )
     if model == "himtm":
         model_args = training.ModelArguments() if pretrained else training.ModelArguments(**budget.himtm)
@@ -438,7 +441,11 @@ def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
     set_seed(seed)
     net, loaded = _load_patchtst_forecaster(pretrained, budget, len(splits.columns), linear_probe)
     trainable = _count_trainable(net)
-    result = training.train_model(net, splits.train, splits.val, train_args, is_pretraining=False)
+    if head_only_steps > 0:
+        result = training.train_head_then_model(net, splits.train, splits.val, train_args,
+                                                head_only_steps=head_only_steps)
+    else:
+        result = training.train_model(net, splits.train, splits.val, train_args, is_pretraining=False)
     net = result.model
     test = training.forecast_metrics(net, splits.test, splits.scaler, budget.eval_batch_size, result.accelerator,
                                      budget.max_test_windows, desc="test", disable_tqdm=True)
@@ -452,6 +459,7 @@ def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
         "steps": result.global_step, "stopped_early": result.stopped_early,
         "wall_time_s": round(time.time() - start, 2), "train_wall_time_s": round(result.wall_time_s, 2),
         "pretrained_model_path": str(pretrained) if pretrained else None, "linear_probe": linear_probe,
+        "head_only_steps": head_only_steps,
     }
     output_dir = Path(output_dir)
     net.save_pretrained(output_dir)
@@ -549,6 +557,7 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
         metrics = finetune_run(
             run.model, budget, run.target, args.data_dir, work_dir / "finetune" / name.removesuffix(".json"),
             args.seed, pretrain_info.get("path"), run.protocol == "linear_probe", run.fraction, args.use_cpu,
+            head_only_steps=head_only_steps(run, budget),
         )
         record = _transfer_record(run, budget, args, source, target, windows, metrics, pretrain_info, provenance)
         record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -563,6 +572,14 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
     if records:
         (results_dir / "summary.md").write_text(summarise_results(results_dir))
     return records
+
+
+def head_only_steps(run: TransferRun, budget: Budget) -> int:
+    """The head-only steps of ``run``: ``HEAD_ONLY_FRACTION`` of the budget's fine-tuning steps for ``lp_ft`` (as the
+    accuracy benchmark's head-first models), 0 otherwise."""
+    if run.protocol != "lp_ft":
+        return 0
+    return max(1, min(budget.finetune_steps - 1, round(HEAD_ONLY_FRACTION * budget.finetune_steps)))
 
 
 def _closed_form_records(run: TransferRun, budget: Budget, args: TransferArguments, source: tuple[str, int, int],
@@ -673,6 +690,7 @@ def _transfer_record(run: TransferRun, budget: Budget, args: TransferArguments, 
         "val_mae": val.get("mae"),
         "best_step": metrics.get("best_step"),
         "stopped_early": metrics.get("stopped_early"),
+        "head_only_steps": head_only_steps(run, budget),
         "budget": budget.name,
         "budget_config": budget.to_dict(),
         "seed": args.seed,
@@ -698,6 +716,7 @@ _COLUMNS = [(model, protocol) for model in MODELS for protocol in PROTOCOLS] + [
 _RATIOS = (
     ("HiMTM ft / HiMTM scratch", ("himtm", "finetune"), ("himtm", "scratch")),
     ("HiMTM ft / PatchTST sup.", ("himtm", "finetune"), ("patchtst", "scratch")),
+    ("HiMTM lp_ft / HiMTM scratch", ("himtm", "lp_ft"), ("himtm", "scratch")),
     ("PatchTST ft / PatchTST sup.", ("patchtst", "finetune"), ("patchtst", "scratch")),
 )
 
@@ -735,8 +754,9 @@ def transfer_table(records: list[dict[str, Any]]) -> list[str]:
 
 
 TABLE_LEGEND = (
-    "Test MSE on the target's standardised test split: pre-trained on the source, then fine-tuned (`finetune`) or "
-    "linear-probed on the given fraction of the target's training windows (the most recent ones); `scratch` is the "
+    "Test MSE on the target's standardised test split: pre-trained on the source, then fine-tuned (`finetune`; "
+    f"`lp_ft`: the head alone for the first {HEAD_ONLY_FRACTION:.0%} of the steps, then everything) or linear-probed "
+    "on the given fraction of the target's training windows (the most recent ones); `scratch` is the "
     "same network from a random start (for PatchTST: supervised PatchTST); the naive (last value) and linear "
     "(NLinear-style ridge) rows are fitted on the same windows and scored on the same test windows. A ratio below 1 "
     "means the pre-trained model has the lower error. A source of several datasets (joined by +) is a "
