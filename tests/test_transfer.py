@@ -223,6 +223,29 @@ def test_lp_ft_trains_the_head_alone_first_for_both_models(matrix):
     assert "HiMTM lp_ft" in table and "PatchTST lp_ft" in table
 
 
+def test_a_finished_himtm_pretraining_is_a_source_fine_tuned_without_pretraining_again(matrix):
+    """A source that names a HiMTM pre-training folder (`checkpoints/himtm-base:ETTh1`) is fine-tuned from as it is:
+    no new pre-training, the record names the checkpoint and its steps; PatchTST and another look-back are refused."""
+    args, _, root = matrix
+    folder = Path(args.work_dir) / "quick" / "himtm-pretrain-weather-L64-seed3"
+    before = sorted(p.name for p in Path(args.work_dir, "quick").iterdir())
+    given = TransferArguments(pairs=[f"{folder}:ETTh1"], models=["himtm"], protocols=["finetune"], fractions=[1.0],
+                              budget="quick", seed=3, data_dir=args.data_dir, results_dir=str(root / "results-given"),
+                              work_dir=str(root / "work-given"))
+    (record,) = _networks(run_transfer(given, command="pytest transfer checkpoint", log=lambda *_: None))
+    assert record["source_dataset"] == folder.name and record["pretrain_steps"] == QUICK.pretrain_steps
+    assert record["encoder_tensors_loaded"] > 0 and record["pretrained_checkpoint"] == folder.name
+    assert not any("pretrain" in p.name for p in Path(root, "work-given", "quick").iterdir())
+    assert sorted(p.name for p in Path(args.work_dir, "quick").iterdir()) == before
+    with pytest.raises(ValueError, match="--models himtm"):
+        plan_runs(TransferArguments(pairs=[f"{folder}:ETTh1"], models=["himtm", "patchtst"]))
+    with pytest.raises(ValueError, match="--context_length 64"):
+        run_transfer(TransferArguments(pairs=[f"{folder}:ETTh1"], models=["himtm"], protocols=["finetune"],
+                                       fractions=[1.0], budget="quick", context_length=96, data_dir=args.data_dir,
+                                       results_dir=str(root / "results-bad"), work_dir=str(root / "work-bad")),
+                     command="pytest", log=lambda *_: None)
+
+
 def test_patchtst_baseline_is_configured_as_in_the_paper():
     config = build_patchtst_config(BUDGETS["cpu"], num_channels=7, pretraining=True)
     assert (config.patch_length, config.patch_stride, config.random_mask_ratio) == (12, 12, 0.4)

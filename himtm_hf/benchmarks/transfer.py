@@ -229,6 +229,24 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
 
 
+def checkpoint_source(source: str) -> Path | None:
+    """The folder of a source that names a finished HiMTM pre-training (a folder with a ``config.json`` of
+    ``model_type`` ``himtm``, such as ``checkpoints/himtm-base``): the harness fine-tunes from it instead of
+    pre-training. None for a dataset source."""
+    folder = Path(source)
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Source {source!r} has a config.json that does not read as JSON ({error}).") from error
+    if model_type != "himtm":
+        raise ValueError(f"Source {source!r} is a {model_type!r} model folder; a checkpoint source must be a HiMTM "
+                         "pre-training (model_type 'himtm'), e.g. checkpoints/himtm-base.")
+    return folder
+
+
 def parse_pair(pair: str) -> tuple[str, str]:
     """``"weather:ETTh1"`` or ``"weather->ETTh1"`` -> ``("weather", "ETTh1")``."""
     for separator in ("->", ":", ","):
@@ -264,6 +282,9 @@ def plan_runs(args: TransferArguments) -> list[TransferRun]:
     runs = []
     for pair in args.pairs:
         source, target = parse_pair(pair)
+        if checkpoint_source(source) is not None and args.models != ["himtm"]:
+            raise ValueError(f"Source {source!r} is a HiMTM checkpoint, which only HiMTM can fine-tune from; run it "
+                             "with --models himtm (and a dataset source for PatchTST).")
         for model in args.models:
             for protocol in args.protocols:
                 for fraction in args.fractions:
@@ -528,8 +549,11 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
         """(name, channels, train windows) of a source or target, each loaded once; a corpus source is named by its
         datasets joined with "+", has 1 channel and counts univariate windows."""
         if name not in facts:
-            data_args = _data_args(budget, name, args.data_dir)
-            if data_args.is_corpus:
+            checkpoint = checkpoint_source(name)
+            data_args = None if checkpoint else _data_args(budget, name, args.data_dir)
+            if checkpoint is not None:
+                facts[name] = _checkpoint_facts(checkpoint)
+            elif data_args.is_corpus:
                 corpus = data_args.load_pretraining()
                 facts[name] = ("+".join(corpus.names), 1, len(corpus.train))
             else:
@@ -617,6 +641,29 @@ def _closed_form_records(run: TransferRun, budget: Budget, args: TransferArgumen
     return out
 
 
+def _checkpoint_facts(folder: Path) -> tuple[str, int, int]:
+    """(name, channels, train windows) of a checkpoint source: the folder's name, its input channels and the
+    univariate train windows its ``corpus.json`` counts (0 when it has none)."""
+    from ..data import CORPUS_FILE
+
+    config = json.loads((folder / "config.json").read_text())
+    corpus = folder / CORPUS_FILE
+    windows = json.loads(corpus.read_text()).get("total_windows", {}).get("train", 0) if corpus.is_file() else 0
+    return folder.resolve().name, int(config.get("num_input_channels", 1)), int(windows)
+
+
+def _checkpoint_pretraining(folder: Path, budget: Budget) -> dict[str, Any]:
+    """The facts of a finished pre-training given as the source (``_pretraining``'s keys), after checking that its
+    look-back is the budget's (the encoder reads windows of exactly that length)."""
+    config = json.loads((folder / "config.json").read_text())
+    if int(config.get("context_length", -1)) != budget.context_length:
+        raise ValueError(f"The checkpoint {folder} reads look-backs of {config.get('context_length')} steps but the "
+                         f"budget's is {budget.context_length}; add --context_length {config.get('context_length')}.")
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    return {"path": str(folder), "steps": metrics.get("steps"), "best_val_loss": metrics.get("best_val_loss"),
+            "wall_time_s": None, "given": True}
+
+
 def _pretraining(run: TransferRun, budget: Budget, args: TransferArguments, work_dir: Path, commit: str,
                  log) -> dict[str, Any]:
     """The pre-training a run fine-tunes from: the finished one in its folder when made with the same model, source,
@@ -633,6 +680,10 @@ def _pretraining(run: TransferRun, budget: Budget, args: TransferArguments, work
     Returns:
         The facts of the pre-training (``pretrain_run``'s: ``path``, ``steps``, ``best_val_loss``, ``wall_time_s``).
     """
+    checkpoint = checkpoint_source(run.source)
+    if checkpoint is not None:
+        log(f"    fine-tuning from the given checkpoint {checkpoint} (no pre-training)")
+        return _checkpoint_pretraining(checkpoint, budget)
     folder = work_dir / f"{run.model}-pretrain-{_slug(run.source)}-L{budget.context_length}-seed{args.seed}"
     identity = {"model": run.model, "source": run.source, "seed": args.seed, "budget": budget.to_dict(),
                 "git_commit": commit}

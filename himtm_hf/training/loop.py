@@ -103,9 +103,9 @@ LAYOUT_FILES = (
 """Names a run writes in its output folder."""
 CORPUS_FILE = "corpus.json"  # multi-domain pre-training only (himtm_hf.data.CORPUS_FILE)
 RUN_LAYOUT = (*LAYOUT_FILES, HEAD_ONLY_DIR, CORPUS_FILE, DIAGNOSTICS_PLOT_FILE)
-"""What a run folder's marker lists: `--overwrite_output_dir` removes exactly these (`HEAD_ONLY_DIR` only
-`--head_only_epochs` runs write, `CORPUS_FILE` only multi-domain pre-training, `DIAGNOSTICS_PLOT_FILE` only
-pre-training), nothing else."""
+"""What a run folder's marker lists: `--overwrite_output_dir` removes exactly these (`HEAD_ONLY_DIR` only LP-FT
+runs (`--head_only_epochs`, `--head_only_steps`) write, `CORPUS_FILE` only multi-domain pre-training,
+`DIAGNOSTICS_PLOT_FILE` only pre-training), nothing else."""
 RUN_KIND = "run"
 """The marker kind of training run folders (pre-training, fine-tuning, `train_model`)."""
 
