@@ -281,3 +281,48 @@ def test_pretrain_base_script_writes_card_and_dry_run(tmp_path):
     assert diagnostics_rows([1, 2]) == [] and diagnostics_rows({"diagnostics": None}) == []
     with pytest.raises(ValueError, match="names one dataset"):
         script.main(["--datasets", "ETTh1", "--output_dir", str(tmp_path / "one")])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The shipped himtm-base checkpoint (checkpoints/himtm-base, written by scripts/pretrain_base.py)
+# ----------------------------------------------------------------------------------------------------------------------
+
+SHIPPED_BASE = Path(__file__).resolve().parents[1] / "checkpoints" / "himtm-base"
+
+
+def test_shipped_himtm_base_loads_for_any_channel_count_and_fine_tunes_on_a_csv(tmp_path):
+    """The committed himtm-base: a one-channel encoder pre-trained on the five benchmarks' train splits. Loaded with
+    `from_pretrained(prediction_length=H, num_input_channels=C)` it keeps every pre-trained encoder tensor and gets a
+    new head; `scripts/finetune.py` fine-tunes it on a user's CSV without touching the checkpoint; its card names
+    the corpus, the budget and the diagnostics."""
+    from safetensors.torch import load_file
+
+    config = json.loads((SHIPPED_BASE / "config.json").read_text())
+    assert config["num_input_channels"] == 1 and config["context_length"] == 512
+    assert config["architectures"] == ["HiMTMForPretraining"]
+    weights = load_file(str(SHIPPED_BASE / "model.safetensors"))
+    model = HiMTMForPrediction.from_pretrained(str(SHIPPED_BASE), prediction_length=24, num_input_channels=3)
+    state = model.state_dict()
+    encoder = [k for k in weights if k.startswith("model.")]
+    assert encoder and all(torch.equal(state[k], weights[k]) for k in encoder)
+    with torch.no_grad():
+        assert model(past_values=torch.randn(2, 512, 3)).prediction_outputs.shape == (2, 24, 3)
+
+    csv = tmp_path / "mine.csv"
+    write_csv(csv, rows=1200, channels=3, seed=0, loc=10.0, scale=0.5)
+    files = {p.name: p.stat().st_mtime_ns for p in SHIPPED_BASE.iterdir()}
+    load_script("finetune").main([
+        "--dataset", str(csv), "--prediction_length", "24", "--pretrained_model_path", str(SHIPPED_BASE),
+        "--output_dir", str(tmp_path / "ft"), "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--max_train_windows", "32", "--max_eval_windows", "16", "--max_test_windows", "16", "--plot_windows", "0",
+        "--use_cpu", "--disable_tqdm"])
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["num_channels"] == 3 and metrics["steps"] == 2 and np.isfinite(metrics["test"]["mse"])
+    assert {p.name: p.stat().st_mtime_ns for p in SHIPPED_BASE.iterdir()} == files  # the checkpoint is untouched
+
+    card = (SHIPPED_BASE / "README.md").read_text()
+    for text in ("## Pre-training data", "| ETTh1 | 7 |", "| weather | 21 |", "## Budget", "## Pre-training diagnostics",
+                 "skill"):
+        assert text in card, text
+    corpus = json.loads((SHIPPED_BASE / "corpus.json").read_text())
+    assert [d["name"] for d in corpus["datasets"]] == ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather"]
