@@ -155,13 +155,15 @@ def test_corpus_source_pretrains_one_channel_encoders_that_fine_tune_on_the_targ
 
 
 def test_results_page_shows_the_transfer_table_with_its_closed_form_rows(matrix, tmp_path):
-    """docs/results.md's transfer section: the networks and the closed-form rows of a cell on one table row."""
+    """docs/results.md's transfer section: the networks and the closed-form rows of a cell on one table row, also
+    when some of them ran on the same CPU with another thread count (one table, both devices named)."""
     from himtm_hf.benchmarks.report import regenerate_results_md
 
     args, all_records, _ = matrix
     results = tmp_path / "results"
     (results / "transfer").mkdir(parents=True)
-    for r in all_records:
+    for i, r in enumerate(all_records):
+        r = {**r, "device": f"cpu:x86_64 x{1 + i % 2} threads"}
         (results / "transfer" / f"{r['model']}-{r['protocol']}-{r['fraction']}.json").write_text(json.dumps(r))
     page = regenerate_results_md(results, tmp_path / "results.md").read_text()
     section = page.split("## Transfer", 1)[1].split("\n## ", 1)[0]
@@ -169,7 +171,8 @@ def test_results_page_shows_the_transfer_table_with_its_closed_form_rows(matrix,
     for r in all_records:
         if r["fraction"] == 1.0:
             assert f"{r['mse']:.4f}" in row
-    assert "### Budget `quick`" in section and "pytest transfer" in section
+    assert section.count("### Budget") == 1 and "pytest transfer" in section
+    assert "### Budget `quick` on cpu:x86_64 x1 threads, cpu:x86_64 x2 threads" in section
 
 
 def test_existing_records_are_skipped(matrix):

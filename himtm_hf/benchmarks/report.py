@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -386,8 +387,10 @@ def _ablation_section(records: list[dict[str, Any]], baselines: Baselines | None
 
 
 def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
-    """One table per (budget, device) (:func:`~himtm_hf.benchmarks.transfer.transfer_table`), so that every compared
-    pair of numbers comes from the same machine and budget, with the closed-form rows each record set carries."""
+    """One table per (budget, machine) (:func:`~himtm_hf.benchmarks.transfer.transfer_table`), so that every compared
+    pair of numbers comes from the same kind of machine and budget, with the closed-form rows each record set carries.
+    Runs of one CPU with different thread counts share a table (the count changes the speed, not what is computed);
+    the heading lists the devices."""
     from .transfer import TABLE_LEGEND, transfer_table
 
     lines = ["## Transfer (pre-train on the source, fine-tune on the target, few-shot fractions)", ""]
@@ -398,11 +401,12 @@ def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
     lines += [TABLE_LEGEND, ""]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[(str(r.get("budget")), str(r.get("device")))].append(r)
-    for (budget, device), rows in sorted(groups.items()):
+        groups[(str(r.get("budget")), re.sub(r" x\d+ threads?$", "", str(r.get("device"))))].append(r)
+    for (budget, _), rows in sorted(groups.items()):
         commits = sorted({str(r.get("git_commit")) for r in rows})
         commands = sorted({str(r.get("command")) for r in rows})
-        lines += [f"### Budget `{budget}` on {device}", "", *_defaults_legend(rows, marked=False), *transfer_table(rows),
+        devices = ", ".join(sorted({str(r.get("device")) for r in rows}))
+        lines += [f"### Budget `{budget}` on {devices}", "", *_defaults_legend(rows, marked=False), *transfer_table(rows),
                   "", f"Commit(s): {', '.join(commits)}. Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", ""]
     return lines
 
