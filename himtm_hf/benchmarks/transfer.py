@@ -550,10 +550,9 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
         datasets joined with "+", has 1 channel and counts univariate windows."""
         if name not in facts:
             checkpoint = checkpoint_source(name)
-            data_args = None if checkpoint else _data_args(budget, name, args.data_dir)
             if checkpoint is not None:
                 facts[name] = _checkpoint_facts(checkpoint)
-            elif data_args.is_corpus:
+            elif (data_args := _data_args(budget, name, args.data_dir)).is_corpus:
                 corpus = data_args.load_pretraining()
                 facts[name] = ("+".join(corpus.names), 1, len(corpus.train))
             else:
@@ -661,7 +660,7 @@ def _checkpoint_pretraining(folder: Path, budget: Budget) -> dict[str, Any]:
                          f"budget's is {budget.context_length}; add --context_length {config.get('context_length')}.")
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     return {"path": str(folder), "steps": metrics.get("steps"), "best_val_loss": metrics.get("best_val_loss"),
-            "wall_time_s": None, "given": True}
+            "wall_time_s": None}
 
 
 def _pretraining(run: TransferRun, budget: Budget, args: TransferArguments, work_dir: Path, commit: str,
