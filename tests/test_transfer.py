@@ -249,6 +249,42 @@ def test_a_finished_himtm_pretraining_is_a_source_fine_tuned_without_pretraining
                      command="pytest", log=lambda *_: None)
 
 
+def test_zero_shot_scores_the_pretraining_model_as_it_is_on_the_networks_test_windows(matrix):
+    """`zero_shot`: no training on the target; the HiMTM pre-training forecasts by masked reconstruction from the last
+    look-back steps its window leaves (quick budget: 64-step window, 16-step units, H = 16 -> 48 steps), evaluated
+    once and recorded in every fraction's row; PatchTST is not planned for it."""
+    from himtm_hf.modeling_himtm import HiMTMForPretraining
+    from himtm_hf.training.loop import cap_windows
+
+    args, _, root = matrix
+    zs_args = TransferArguments(pairs=["weather:ETTh1"], models=["himtm", "patchtst"], protocols=["zero_shot"],
+                                fractions=[0.05, 1.0], budget="quick", seed=3, data_dir=args.data_dir,
+                                results_dir=str(root / "results-zs"), work_dir=args.work_dir)
+    assert {run.model for run in plan_runs(zs_args)} == {"himtm"}
+    before = sorted(p.name for p in Path(args.work_dir, "quick", "finetune").rglob("*"))
+    records = _networks(run_transfer(zs_args, command="pytest transfer zero_shot", log=lambda *_: None))
+    assert sorted(r["fraction"] for r in records) == [0.05, 1.0]
+    assert len({r["mse"] for r in records}) == 1
+    for r in records:
+        assert r["protocol"] == "zero_shot" and r["train_windows"] == 0 and r["finetune_steps"] == 0
+        assert r["trainable_parameters"] == 0 and r["forecast_look_back"] == 48 and r["encoder_tensors_loaded"] > 0
+        assert r["test_windows"] == QUICK.max_test_windows
+    assert sorted(p.name for p in Path(args.work_dir, "quick", "finetune").rglob("*")) == before  # nothing trained
+
+    splits = load_splits("ETTh1", data_dir=DATA_DIR, context_length=QUICK.context_length,
+                         prediction_length=QUICK.prediction_length)
+    model = HiMTMForPretraining.from_pretrained(Path(args.work_dir, "quick", "himtm-pretrain-weather-L64-seed3"),
+                                                num_input_channels=7).eval()
+    windows = list(cap_windows(splits.test, QUICK.max_test_windows))  # the evaluation's evenly strided windows
+    past = torch.stack([w["past_values"] for w in windows])
+    future = torch.stack([w["future_values"] for w in windows])
+    with torch.no_grad():
+        expected = ((model.forecast(past, QUICK.prediction_length).prediction_outputs - future) ** 2).mean().item()
+    assert records[0]["mse"] == pytest.approx(expected, rel=1e-5)
+    table = (root / "results-zs" / "quick" / "summary.md").read_text()
+    assert "HiMTM zero_shot" in table and "linear (ridge)" in table
+
+
 def test_patchtst_baseline_is_configured_as_in_the_paper():
     config = build_patchtst_config(BUDGETS["cpu"], num_channels=7, pretraining=True)
     assert (config.patch_length, config.patch_stride, config.random_mask_ratio) == (12, 12, 0.4)

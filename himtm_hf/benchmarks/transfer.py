@@ -13,9 +13,11 @@ The driver runs a matrix over
   ``pooling_type=None`` (flatten head), ``scaling="std"``, d_model 128, 16 heads, d_ff 512, 3 layers, dropout 0.2),
 * protocols: ``finetune`` (full fine-tuning), ``lp_ft`` (the head alone for the first ``HEAD_ONLY_FRACTION`` of the
   fine-tuning steps, then everything at half the learning rate: :func:`~himtm_hf.training.train_head_then_model`,
-  PatchTST's own protocol for a pre-trained encoder), ``linear_probe`` (frozen encoder, only the head is trained) and
-  optionally ``scratch`` (no pre-training: the same forecaster randomly initialised, the reference that shows what
-  pre-training buys),
+  PatchTST's own protocol for a pre-trained encoder), ``linear_probe`` (frozen encoder, only the head is trained),
+  ``zero_shot`` (HiMTM only: no training on the target at all; the pre-training model forecasts by reconstructing
+  the masked horizon units, :meth:`~himtm_hf.HiMTMForPretraining.forecast`, from the last look-back steps its window
+  leaves; one evaluation per pair, recorded in every fraction's row) and optionally ``scratch`` (no pre-training: the
+  same forecaster randomly initialised, the reference that shows what pre-training buys),
 * few-shot fractions of the target's training windows (``0.05``, ``0.1``, ``1.0``): ``ceil(f * N)`` windows, the
   most recent ones (:func:`himtm_hf.data.few_shot_split`, the training library's ``train_fraction``: what a user
   with a short history has),
@@ -76,7 +78,7 @@ __all__ = [
 ]
 
 MODELS = ("himtm", "patchtst")
-PROTOCOLS = ("finetune", "lp_ft", "linear_probe", "scratch")
+PROTOCOLS = ("finetune", "lp_ft", "linear_probe", "zero_shot", "scratch")
 # The closed-form rows of every (target, fraction): record key "model" -> what the summary calls it.
 CLOSED_FORM = {"naive": "naive (last value)", "linear": "linear (ridge)"}
 
@@ -287,6 +289,8 @@ def plan_runs(args: TransferArguments) -> list[TransferRun]:
                              "with --models himtm (and a dataset source for PatchTST).")
         for model in args.models:
             for protocol in args.protocols:
+                if protocol == "zero_shot" and model != "himtm":
+                    continue  # PatchTST's pre-training model has no forecasting path; see the module docstring
                 for fraction in args.fractions:
                     runs.append(TransferRun(source, target, model, protocol, float(fraction)))
     return runs
@@ -491,6 +495,48 @@ def finetune_run(model: str, budget: Budget, dataset: str, data_dir: str | None,
     return metrics
 
 
+class _ZeroShotForecaster(torch.nn.Module):
+    """:meth:`~himtm_hf.HiMTMForPretraining.forecast` behind a forecaster's call (``past_values`` and
+    ``past_observed_mask`` in, ``.prediction_outputs`` out), so the training library scores it like any network."""
+
+    def __init__(self, model: torch.nn.Module, prediction_length: int):
+        super().__init__()
+        self.model = model
+        self.prediction_length = prediction_length
+
+    def forward(self, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None = None):
+        return self.model.forecast(past_values, self.prediction_length, past_observed_mask=past_observed_mask,
+                                   return_dict=True)
+
+
+def zero_shot_run(budget: Budget, dataset: str, data_dir: str | None, pretrained: str | Path,
+                  use_cpu: bool = False) -> dict[str, Any]:
+    """Scores a HiMTM pre-training as it is on ``dataset``: no training on it, forecasts by masked reconstruction
+    of the horizon units (:meth:`~himtm_hf.HiMTMForPretraining.forecast`) on the same test (and validation) windows
+    as the networks, reading the last ``forecast_look_back`` steps of each look-back. Returns ``finetune_run``'s
+    keys (no training: 0 steps, 0 trainable parameters) plus ``forecast_look_back``."""
+    import time
+
+    from .. import training
+    from ..modeling_himtm import HiMTMForPretraining
+
+    start = time.time()
+    splits = _data_args(budget, dataset, data_dir).load()
+    model = HiMTMForPretraining.from_pretrained(pretrained, num_input_channels=len(splits.columns))
+    device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+    forecaster = _ZeroShotForecaster(model, budget.prediction_length).to(device)
+    with torch.no_grad():
+        test = training.forecast_metrics(forecaster, splits.test, splits.scaler, budget.eval_batch_size, None,
+                                         budget.max_test_windows, desc="test", disable_tqdm=True)
+        val = training.forecast_metrics(forecaster, splits.val, splits.scaler, budget.eval_batch_size, None,
+                                        budget.max_eval_windows, desc="val", disable_tqdm=True)
+    test["full_test_split"] = test["num_windows"] == len(splits.test)
+    return {"test": test, "val": val, "steps": 0, "epochs": 0.0, "best_step": None, "stopped_early": False,
+            "wall_time_s": round(time.time() - start, 2), "trainable_parameters": 0,
+            "encoder_tensors_loaded": sum(1 for k in model.state_dict() if k.startswith("model.")),
+            "forecast_look_back": model.forecast_look_back(budget.prediction_length)}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Provenance
 # ----------------------------------------------------------------------------------------------------------------------
@@ -543,6 +589,7 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
                   "command": command or " ".join([Path(sys.executable).name, *sys.argv])}
     facts: dict[str, tuple[str, int, int]] = {}
     pretrained: dict[tuple[str, str], dict[str, Any]] = {}
+    zero_shot: dict[tuple[str, str], dict[str, Any]] = {}  # one evaluation per pair serves every fraction
     records = []
 
     def dataset_facts(name: str) -> tuple[str, int, int]:
@@ -576,12 +623,19 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
             if key not in pretrained:
                 pretrained[key] = _pretraining(run, budget, args, work_dir, provenance["git_commit"], log)
             pretrain_info = pretrained[key]
-        windows = target[2] if run.fraction >= 1.0 else max(1, math.ceil(run.fraction * target[2]))
-        metrics = finetune_run(
-            run.model, budget, run.target, args.data_dir, work_dir / "finetune" / name.removesuffix(".json"),
-            args.seed, pretrain_info.get("path"), run.protocol == "linear_probe", run.fraction, args.use_cpu,
-            head_only_steps=head_only_steps(run, budget),
-        )
+        if run.protocol == "zero_shot":
+            windows = 0
+            if (run.source, run.target) not in zero_shot:
+                zero_shot[run.source, run.target] = zero_shot_run(budget, run.target, args.data_dir,
+                                                                  pretrain_info["path"], args.use_cpu)
+            metrics = zero_shot[run.source, run.target]
+        else:
+            windows = target[2] if run.fraction >= 1.0 else max(1, math.ceil(run.fraction * target[2]))
+            metrics = finetune_run(
+                run.model, budget, run.target, args.data_dir, work_dir / "finetune" / name.removesuffix(".json"),
+                args.seed, pretrain_info.get("path"), run.protocol == "linear_probe", run.fraction, args.use_cpu,
+                head_only_steps=head_only_steps(run, budget),
+            )
         record = _transfer_record(run, budget, args, source, target, windows, metrics, pretrain_info, provenance)
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=2, default=float) + "\n")
@@ -741,6 +795,7 @@ def _transfer_record(run: TransferRun, budget: Budget, args: TransferArguments, 
         "best_step": metrics.get("best_step"),
         "stopped_early": metrics.get("stopped_early"),
         "head_only_steps": head_only_steps(run, budget),
+        **({"forecast_look_back": metrics["forecast_look_back"]} if "forecast_look_back" in metrics else {}),
         "budget": budget.name,
         "budget_config": budget.to_dict(),
         "seed": args.seed,
@@ -767,6 +822,7 @@ _RATIOS = (
     ("HiMTM ft / HiMTM scratch", ("himtm", "finetune"), ("himtm", "scratch")),
     ("HiMTM ft / PatchTST sup.", ("himtm", "finetune"), ("patchtst", "scratch")),
     ("HiMTM lp_ft / HiMTM scratch", ("himtm", "lp_ft"), ("himtm", "scratch")),
+    ("HiMTM zero-shot / HiMTM scratch", ("himtm", "zero_shot"), ("himtm", "scratch")),
     ("PatchTST ft / PatchTST sup.", ("patchtst", "finetune"), ("patchtst", "scratch")),
 )
 
@@ -806,7 +862,9 @@ def transfer_table(records: list[dict[str, Any]]) -> list[str]:
 TABLE_LEGEND = (
     "Test MSE on the target's standardised test split: pre-trained on the source, then fine-tuned (`finetune`; "
     f"`lp_ft`: the head alone for the first {HEAD_ONLY_FRACTION:.0%} of the steps, then everything) or linear-probed "
-    "on the given fraction of the target's training windows (the most recent ones); `scratch` is the "
+    "on the given fraction of the target's training windows (the most recent ones), or not trained on the target at "
+    "all (`zero_shot`: the pre-training model reconstructs the masked horizon from the last look-back steps its "
+    "window leaves, the same value in every fraction's row); `scratch` is the "
     "same network from a random start (for PatchTST: supervised PatchTST); the naive (last value) and linear "
     "(NLinear-style ridge) rows are fitted on the same windows and scored on the same test windows. A ratio below 1 "
     "means the pre-trained model has the lower error. A source of several datasets (joined by +) is a "
