@@ -735,7 +735,7 @@ def _pretraining(run: TransferRun, budget: Budget, args: TransferArguments, work
     """
     checkpoint = checkpoint_source(run.source)
     if checkpoint is not None:
-        log(f"    fine-tuning from the given checkpoint {checkpoint} (no pre-training)")
+        log(f"    starting from the given checkpoint {checkpoint} (no pre-training)")
         return _checkpoint_pretraining(checkpoint, budget)
     folder = work_dir / f"{run.model}-pretrain-{_slug(run.source)}-L{budget.context_length}-seed{args.seed}"
     identity = {"model": run.model, "source": run.source, "seed": args.seed, "budget": budget.to_dict(),
