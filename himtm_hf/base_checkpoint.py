@@ -7,7 +7,8 @@ What it does (:func:`run_base_pretraining`):
    (:func:`himtm_hf.data.load_pretraining_corpus`): look-back-only windows of the *train* splits of
    ``BaseCheckpointConfig.datasets``, every channel a univariate series, each dataset standardised by its own train
    statistics, at most ``max_windows_per_dataset`` univariate windows per dataset (evenly strided), validation on the
-   val splits the same way. The model has ``num_input_channels=1``; fine-tune it on C channels with
+   val splits the same way. The model has ``num_input_channels=1``; it forecasts C channels as it is with
+   ``HiMTMForPretraining.from_pretrained(folder, num_input_channels=C).forecast(history, H)``; fine-tune it with
    ``HiMTMForPrediction.from_pretrained(folder, num_input_channels=C, prediction_length=H)`` or
    ``scripts/finetune.py --pretrained_model_path <folder>``;
 2. writes the model card ``README.md`` into the run folder (:func:`write_base_model_card`: corpus, budget, commit,
@@ -414,8 +415,19 @@ def _provenance_section(run_args: dict[str, Any]) -> list[str]:
 def _usage_section(repo_id: str, context_length: Any) -> list[str]:
     return [
         "## How to use", "",
-        "A pre-training checkpoint: fine-tune it for forecasting. HiMTM is channel-independent, so the 1-channel "
-        "encoder serves any channel count; the CSA-FT forecasting head is new and must be trained:", "",
+        "It forecasts as it is, with no training on your series: `forecast` masks the coarsest units that cover the "
+        "horizon and reads what the pre-trained decoder reconstructs there (no new parameters; the look-back it "
+        f"reads is the {context_length}-step window less those units). HiMTM is channel-independent, so the "
+        "1-channel checkpoint serves any channel count:", "",
+        "```python",
+        "import torch",
+        "from himtm_hf import HiMTMForPretraining",
+        "",
+        f'model = HiMTMForPretraining.from_pretrained("{repo_id}", num_input_channels=7).eval()',
+        "with torch.no_grad():",
+        "    forecast = model.forecast(history, prediction_length=96).prediction_outputs  # history: (batch, T, 7)",
+        "```", "",
+        "For another head, or to train on your data, fine-tune a forecaster from it (the CSA-FT head is new):", "",
         "```python",
         "from himtm_hf import HiMTMForPrediction",
         "",

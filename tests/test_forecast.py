@@ -1,19 +1,31 @@
 """Tests for forecasting with a pre-training model by masked reconstruction (`HiMTMForPretraining.forecast`).
 
-Tiny models (L=64, patch 8, 2 hierarchies: 16-step masking units); every test takes a few seconds on 2 cores.
+Tiny models (L=64, patch 8, 2 hierarchies: 16-step masking units), and the shipped himtm-base on real ETTh1 test
+windows; every test takes a few seconds on 2 cores.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+from test_modeling import BLOCK_HIMTM
 
 from himtm_hf import HiMTMConfig
+from himtm_hf.data import load_splits
 from himtm_hf.modeling_himtm import HiMTMForPretraining
+from himtm_hf.training.loop import cap_windows
 
 L, UNIT = 64, 16
+PROJECT = Path(__file__).resolve().parents[1]
+SHIPPED_BASE = PROJECT / "checkpoints" / "himtm-base"
+DATA_DIR = Path(os.environ.get("HIMTM_DATA_DIR", PROJECT.parent / "shared" / "data"))
 
 
 def tiny_config(**overrides) -> HiMTMConfig:
@@ -159,3 +171,39 @@ def test_a_briefly_pretrained_model_forecasts_a_periodic_series_zero_shot():
         mse = model.forecast(history, future_values=future).loss.item()
     mean_mse = ((history.mean(dim=1, keepdim=True) - future) ** 2).mean().item()
     assert mse < 0.3 * mean_mse, (mse, mean_mse)
+
+
+@pytest.mark.skipif(not (DATA_DIR / "ETTh1.csv.gz").is_file(), reason=f"ETTh1 not in {DATA_DIR}")
+def test_shipped_himtm_base_forecasts_etth1_zero_shot_with_and_without_this_package(tmp_path):
+    """The committed himtm-base forecasts real data with no training: on 128 evenly strided ETTh1 test windows
+    (H = 96) its error is a third of the last value's (0.3988 against 1.2944 over the whole test split); loaded from
+    the folder's own code (`trust_remote_code`, without this package) it gives the same forecast."""
+    splits = load_splits("ETTh1", data_dir=DATA_DIR, context_length=512, prediction_length=96)
+    windows = list(cap_windows(splits.test, 128))
+    past = torch.stack([w["past_values"] for w in windows])
+    future = torch.stack([w["future_values"] for w in windows])
+    model = HiMTMForPretraining.from_pretrained(SHIPPED_BASE, num_input_channels=7).eval()
+    with torch.no_grad():
+        out = model.forecast(past, prediction_length=96, future_values=future)
+    naive = ((past[:, -1:] - future) ** 2).mean().item()
+    assert out.loss.item() < 0.45 and out.loss.item() < 0.4 * naive, (out.loss.item(), naive)
+
+    torch.save({"past": past, "prediction": out.prediction_outputs}, tmp_path / "io.pt")
+    script = BLOCK_HIMTM + textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModelForPreTraining
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        model = AutoModelForPreTraining.from_pretrained({str(SHIPPED_BASE)!r}, trust_remote_code=True,
+                                                        num_input_channels=7).eval()
+        assert type(model).__module__.startswith("transformers_modules")
+        with torch.no_grad():
+            prediction = model.forecast(io["past"], prediction_length=96).prediction_outputs
+        torch.testing.assert_close(prediction, io["prediction"])
+        print("REMOTE_FORECAST_OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE_FORECAST_OK" in result.stdout

@@ -255,7 +255,8 @@ def test_pretrain_base_script_writes_card_and_dry_run(tmp_path):
     card = (out / "README.md").read_text()
     for text in ("# himtm-base-test", "## Pre-training data", "| ETTh1 | 7 | 48 / ", "| weather | 21 | 48 / ",
                  "Left out (leave-one-out checkpoint): **ETTh2**", "## Budget", "2 of max_steps 2", "commit `",
-                 "Machine: ", "## Pre-training diagnostics", "num_input_channels=7"):
+                 "Machine: ", "## Pre-training diagnostics", "num_input_channels=7",
+                 "model.forecast(history, prediction_length=96)", "the 32-step window less those units"):
         assert text in card, text
     assert str(tmp_path) not in card  # nothing of this machine's layout is published
     assert "README.md" in read_marker(out)["written"]
@@ -322,7 +323,7 @@ def test_shipped_himtm_base_loads_for_any_channel_count_and_fine_tunes_on_a_csv(
 
     card = (SHIPPED_BASE / "README.md").read_text()
     for text in ("## Pre-training data", "| ETTh1 | 7 |", "| weather | 21 |", "## Budget", "## Pre-training diagnostics",
-                 "skill"):
+                 "skill", "model.forecast(history, prediction_length=96)"):
         assert text in card, text
     corpus = json.loads((SHIPPED_BASE / "corpus.json").read_text())
     assert [d["name"] for d in corpus["datasets"]] == ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather"]

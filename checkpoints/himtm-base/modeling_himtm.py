@@ -1451,6 +1451,138 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
                 dist_losses.append(patches.new_zeros(()))
         return torch.stack(rec_losses), torch.stack(dist_losses), reconstructions[0]
 
+    # ------------------------------------------------------------------------------------------------------------------
+    # Forecasting by masked reconstruction (no new parameters: the pre-training task with the mask on the future)
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def forecast_look_back(self, prediction_length: int) -> int:
+        """Look-back steps that [`~HiMTMForPretraining.forecast`] reads for `prediction_length`: the window
+        (`config.context_length`) less the whole coarsest units that cover the horizon.
+
+        Raises:
+            `ValueError`: when the horizon leaves no step of the window to look back on.
+        """
+        config = self.config
+        if isinstance(prediction_length, bool) or not isinstance(prediction_length, int) or prediction_length < 1:
+            raise ValueError(f"`prediction_length` must be a positive int, got {prediction_length!r}.")
+        unit = config.coarsest_unit_length
+        look_back = config.context_length - math.ceil(prediction_length / unit) * unit
+        if look_back < 1:
+            longest = (config.context_length - 1) // unit * unit
+            raise ValueError(
+                f"prediction_length={prediction_length} covers {math.ceil(prediction_length / unit)} masking units of "
+                f"{unit} steps, which fill the whole {config.context_length}-step window of this model and leave no "
+                f"look-back. The longest horizon it reconstructs is {longest} steps; forecast further by fine-tuning "
+                "a HiMTMForPrediction (from_pretrained(path, prediction_length=...)) instead."
+            )
+        return look_back
+
+    def _forecast_window(
+        self, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None, look_back: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's window for a forecast: the last `look_back` steps of the input (left-padded as unobserved when
+        it is shorter), then the horizon units as unobserved zeros. Both `(batch, context_length, channels)`."""
+        config = self.config
+        length = past_values.shape[1] if torch.is_tensor(past_values) and past_values.dim() == 3 else look_back
+        values, observed = _check_values(
+            "past_values", past_values, past_observed_mask, "past_observed_mask", length,
+            config.num_input_channels, "look-back", dtype=self.dtype, require_observed=True,
+        )
+        values, observed = values[:, -look_back:], observed[:, -look_back:]
+        if not torch.compiler.is_compiling():
+            _check_rows_observed("past_values", "past_observed_mask", observed)  # the kept steps may be all missing
+        # Unobserved on both sides: the scaler's statistics then come from the look-back alone (the visible patches,
+        # as in pre-training), and nothing of the zeros reaches the encoder, which sees the visible units only.
+        future_steps = config.context_length - look_back
+        values = F.pad(values, (0, 0, look_back - values.shape[1], future_steps))
+        observed = F.pad(observed, (0, 0, look_back - observed.shape[1], future_steps))
+        return values, observed
+
+    def _masked_future_reconstructions(self, patches: torch.Tensor, num_future_patches: int) -> tuple[
+        list[torch.Tensor], HMTOutput
+    ]:
+        """Every hierarchy's reconstruction of the last `num_future_patches` patches, `(series, future steps)`
+        each in scaled space, and the student encoder's output on the visible patches."""
+        num_series, num_patches = patches.shape[:2]
+        patch_mask = torch.zeros(num_series, num_patches, dtype=torch.bool, device=patches.device)
+        patch_mask[:, num_patches - num_future_patches :] = True  # (series, num_patches), True = masked
+        visible_index, _ = split_indices(patch_mask, num_future_patches)
+        level_indices = [
+            split_indices(mask_at_level(patch_mask, i), num_future_patches // 2**i)
+            for i in range(self.config.effective_num_hierarchies)
+        ]
+        predicted, encoded = self._student_features(patches, patch_mask, visible_index, level_indices, False, False)
+        # The masked tokens come in time order (`split_indices`), so each head's patches join into the future steps.
+        return [head(p).reshape(num_series, -1) for head, p in zip(self.reconstruction_heads, predicted)], encoded
+
+    def forecast(
+        self,
+        past_values: torch.Tensor,
+        prediction_length: int | None = None,
+        past_observed_mask: torch.Tensor | None = None,
+        future_values: torch.Tensor | None = None,
+        future_observed_mask: torch.Tensor | None = None,
+        hierarchy: int | None = None,
+        return_dict: bool | None = None,
+    ) -> HiMTMForPredictionOutput | tuple:
+        r"""Forecasts with the pre-trained model as it is, by masked reconstruction: the future is what is masked.
+
+        The look-back fills the model's window (`config.context_length` steps) up to the last
+        `ceil(prediction_length / config.coarsest_unit_length)` coarsest units; those units are masked, the encoder
+        sees the look-back only, and the DED regressors and reconstruction heads predict the masked units, as they
+        did in pre-training. The forecast is the mean over the hierarchies' reconstructions (or one `hierarchy`'s),
+        cut to `prediction_length` steps and returned in the input's units. No parameter is new, so a pre-trained
+        checkpoint forecasts without any training on the target (zero-shot); the call is differentiable, so the
+        same path can be fine-tuned. Call `model.eval()` first: dropout is active in training mode.
+
+        Args:
+            past_values (`torch.FloatTensor` of shape `(batch_size, look_back, num_input_channels)`): the history,
+                any length >= 1. Only its last `forecast_look_back(prediction_length)` steps are read (the rest lies
+                outside the model's window); a shorter history is padded on the left as unobserved.
+            prediction_length (`int`, *optional*): steps to forecast (default `config.prediction_length`); at most
+                the window less one coarsest unit (see [`~HiMTMForPretraining.forecast_look_back`]).
+            past_observed_mask (`torch.Tensor` of the same shape as `past_values`, *optional*): 1 = observed.
+            future_values (`torch.FloatTensor` of shape `(batch_size, prediction_length, num_input_channels)`,
+                *optional*): targets; `loss` is then the MSE over their observed values, in their units.
+            future_observed_mask (`torch.Tensor` of the same shape as `future_values`, *optional*): 1 = observed.
+            hierarchy (`int`, *optional*): forecast from one hierarchy's reconstruction (0 = finest) instead of the
+                mean over all of them.
+            return_dict (`bool`, *optional*): return a [`HiMTMForPredictionOutput`] instead of a tuple.
+        Returns:
+            [`HiMTMForPredictionOutput`] (`hierarchy_features` hold the visible tokens only) or tuple.
+        """
+        config = self.config
+        return_dict = _output_flags(config, False, False, return_dict)[2]
+        horizon = config.prediction_length if prediction_length is None else prediction_length
+        look_back = self.forecast_look_back(horizon)
+        num_levels = config.effective_num_hierarchies
+        if hierarchy is not None and (isinstance(hierarchy, bool) or hierarchy not in range(num_levels)):
+            raise ValueError(f"`hierarchy` must be None (the mean) or an int in [0, {num_levels}), got {hierarchy!r}.")
+        batch, channels = past_values.shape[0], config.num_input_channels
+        values, observed = self._forecast_window(past_values, past_observed_mask, look_back)
+        patches, _, loc, scale = self.model.scale_and_patch(values, observed)  # statistics: the look-back only
+        future_patches = (config.context_length - look_back) // config.patch_length
+        reconstructions, encoded = self._masked_future_reconstructions(patches, future_patches)
+        scaled = torch.stack(reconstructions).mean(0) if hierarchy is None else reconstructions[hierarchy]
+        scaled = scaled[:, :horizon].to(values.dtype).view(batch, channels, horizon).transpose(1, 2)
+        prediction = scaled * scale + loc  # (batch, prediction_length, channels), original units
+
+        loss = None
+        if future_values is not None:
+            target, target_observed = _check_values(
+                "future_values", future_values, future_observed_mask, "future_observed_mask", horizon, channels,
+                "prediction_length",
+            )
+            loss = ((prediction - target) ** 2 * target_observed).sum() / target_observed.sum().clamp_min(1.0)
+        output = HiMTMForPredictionOutput(
+            loss=loss,
+            prediction_outputs=prediction,
+            hierarchy_features=tuple(f.view(batch, channels, f.shape[1], f.shape[2]) for f in encoded.features),
+            loc=loc,
+            scale=scale,
+        )
+        return output if return_dict else output.to_tuple()
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # CSA-FT: cross-scale attention fine-tuning head and the forecasting model
