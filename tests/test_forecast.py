@@ -150,6 +150,8 @@ def test_forecast_refuses_bad_horizons_hierarchies_and_empty_look_backs():
         model.forecast(history, past_observed_mask=mask)
     with pytest.raises(ValueError, match="3 channels but config.num_input_channels=2"):
         model.forecast(series(length=32, channels=3))
+    with pytest.raises(ValueError, match=r"`past_values` must be a torch.Tensor of shape \(batch, 32, 2\)"):
+        model.forecast([[1.0, 2.0]])
 
 
 def test_a_briefly_pretrained_model_forecasts_a_periodic_series_zero_shot():

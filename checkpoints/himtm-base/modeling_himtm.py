@@ -18,6 +18,7 @@ This file is self-contained (relative imports only) so that `save_pretrained` ca
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import weakref
 from dataclasses import dataclass
@@ -1463,8 +1464,10 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
             `ValueError`: when the horizon leaves no step of the window to look back on.
         """
         config = self.config
-        if isinstance(prediction_length, bool) or not isinstance(prediction_length, int) or prediction_length < 1:
+        if (isinstance(prediction_length, bool) or not isinstance(prediction_length, numbers.Integral)
+                or prediction_length < 1):
             raise ValueError(f"`prediction_length` must be a positive int, got {prediction_length!r}.")
+        prediction_length = int(prediction_length)
         unit = config.coarsest_unit_length
         look_back = config.context_length - math.ceil(prediction_length / unit) * unit
         if look_back < 1:
@@ -1558,8 +1561,8 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
         num_levels = config.effective_num_hierarchies
         if hierarchy is not None and (isinstance(hierarchy, bool) or hierarchy not in range(num_levels)):
             raise ValueError(f"`hierarchy` must be None (the mean) or an int in [0, {num_levels}), got {hierarchy!r}.")
-        batch, channels = past_values.shape[0], config.num_input_channels
         values, observed = self._forecast_window(past_values, past_observed_mask, look_back)
+        batch, channels = values.shape[0], config.num_input_channels
         patches, _, loc, scale = self.model.scale_and_patch(values, observed)  # statistics: the look-back only
         future_patches = (config.context_length - look_back) // config.patch_length
         reconstructions, encoded = self._masked_future_reconstructions(patches, future_patches)

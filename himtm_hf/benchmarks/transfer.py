@@ -868,7 +868,9 @@ TABLE_LEGEND = (
     "same network from a random start (for PatchTST: supervised PatchTST); the naive (last value) and linear "
     "(NLinear-style ridge) rows are fitted on the same windows and scored on the same test windows. A ratio below 1 "
     "means the pre-trained model has the lower error. A source of several datasets (joined by +) is a "
-    "channel-independent corpus that leaves the target out."
+    "channel-independent corpus that leaves the target out. A source named after a pre-training folder is used as it "
+    "was saved, and its corpus.json says what it saw: himtm-base's holds the train splits of all five benchmarks, "
+    "the targets' included; himtm-base-without-X leaves X out."
 )
 
 
