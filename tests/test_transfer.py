@@ -261,6 +261,8 @@ def test_zero_shot_scores_the_pretraining_model_as_it_is_on_the_networks_test_wi
                                 fractions=[0.05, 1.0], budget="quick", seed=3, data_dir=args.data_dir,
                                 results_dir=str(root / "results-zs"), work_dir=args.work_dir)
     assert {run.model for run in plan_runs(zs_args)} == {"himtm"}
+    with pytest.raises(ValueError, match="zero_shot is HiMTM's only"):
+        plan_runs(TransferArguments(pairs=["weather:ETTh1"], models=["patchtst"], protocols=["zero_shot"]))
     before = sorted(p.name for p in Path(args.work_dir, "quick", "finetune").rglob("*"))
     records = _networks(run_transfer(zs_args, command="pytest transfer zero_shot", log=lambda *_: None))
     assert sorted(r["fraction"] for r in records) == [0.05, 1.0]

@@ -293,6 +293,9 @@ def plan_runs(args: TransferArguments) -> list[TransferRun]:
                     continue  # PatchTST's pre-training model has no forecasting path; see the module docstring
                 for fraction in args.fractions:
                     runs.append(TransferRun(source, target, model, protocol, float(fraction)))
+    if not runs and args.pairs:
+        raise ValueError(f"Nothing to run: protocol zero_shot is HiMTM's only (models {args.models}); add "
+                         "--models himtm or another protocol.")
     return runs
 
 
