@@ -1073,6 +1073,11 @@ class HiMTMReconstructionHead(nn.Module):
         return self.projection(self.norm(features))
 
 
+def observed_mse(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of `error**2` over the elements where `weight` is 1 (0 when none is): the one MSE of every loss here."""
+    return (error**2 * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def masked_reconstruction_loss(
     reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, observed: torch.Tensor
 ) -> torch.Tensor:
@@ -1083,7 +1088,7 @@ def masked_reconstruction_loss(
         mask (`torch.Tensor` of shape `(series, tokens)`): 1 = masked.
     """
     weight = mask.unsqueeze(-1).to(target.dtype) * observed
-    return ((reconstruction - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+    return observed_mse(reconstruction - target, weight)
 
 
 def masked_distillation_loss(
@@ -1576,7 +1581,7 @@ class HiMTMForPretraining(HiMTMPreTrainedModel):
                 "future_values", future_values, future_observed_mask, "future_observed_mask", horizon, channels,
                 "prediction_length",
             )
-            loss = ((prediction - target) ** 2 * target_observed).sum() / target_observed.sum().clamp_min(1.0)
+            loss = observed_mse(prediction - target, target_observed)
         output = HiMTMForPredictionOutput(
             loss=loss,
             prediction_outputs=prediction,
@@ -1791,7 +1796,7 @@ class HiMTMForPrediction(HiMTMPreTrainedModel):
                 error = forecast - (target - loc) / scale
             else:  # "input": de-normalised forecast vs target, robust to near-constant look-backs
                 error = prediction - target
-            loss = (error**2 * target_observed).sum() / target_observed.sum().clamp_min(1.0)
+            loss = observed_mse(error, target_observed)
 
         output = HiMTMForPredictionOutput(
             loss=loss,
