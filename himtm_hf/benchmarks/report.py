@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -391,7 +390,7 @@ def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
     pair of numbers comes from the same kind of machine and budget, with the closed-form rows each record set carries.
     Runs of one CPU with different thread counts share a table (the count changes the speed, not what is computed);
     the heading lists the devices."""
-    from .transfer import TABLE_LEGEND, transfer_table
+    from .transfer import TABLE_LEGEND, device_machine, transfer_table
 
     lines = ["## Transfer (pre-train on the source, fine-tune on the target, few-shot fractions)", ""]
     if not records:
@@ -401,7 +400,7 @@ def _transfer_section(records: list[dict[str, Any]]) -> list[str]:
     lines += [TABLE_LEGEND, ""]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[(str(r.get("budget")), re.sub(r" x\d+ threads?$", "", str(r.get("device"))))].append(r)
+        groups[(str(r.get("budget")), device_machine(str(r.get("device"))))].append(r)
     for (budget, _), rows in sorted(groups.items()):
         commits = sorted({str(r.get("git_commit")) for r in rows})
         commands = sorted({str(r.get("command")) for r in rows})

@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import sys
 import types
 from collections.abc import Sequence
@@ -545,10 +546,19 @@ def zero_shot_run(budget: Budget, dataset: str, data_dir: str | None, pretrained
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+_THREADS_SUFFIX = re.compile(r" x\d+ threads?$")
+
+
 def _device_description(use_cpu: bool) -> str:
     if torch.cuda.is_available() and not use_cpu:
         return f"cuda:{torch.cuda.get_device_name(0)}"
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def device_machine(device: str) -> str:
+    """The machine of a record's ``device`` (``_device_description``'s text) without its CPU thread count: runs of
+    one CPU at different thread counts compute the same numbers and share a results table."""
+    return _THREADS_SUFFIX.sub("", device)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
