@@ -8,7 +8,7 @@
     # list the planned runs:
     python scripts/transfer.py --pairs weather:ETTh1 ETTm1:ETTh2 --list_only
 
-Writes one JSON record per run to ``<results_dir>/<budget>/<source>-to-<target>/H<horizon>/...json`` (default
+Writes one JSON record per run to ``<results_dir>/<budget>/<source>-to-<target>/L<look-back>-H<horizon>/...json`` (default
 ``docs/results/transfer``) and a ``summary.md`` table; existing records are skipped unless ``--overwrite``.
 A finished pre-training in ``--work_dir`` of the same model, source, seed, budget and commit is reused (so an
 interrupted or extended matrix does not pre-train again); ``--repretrain`` forces a new one.

@@ -287,6 +287,24 @@ def test_zero_shot_scores_the_pretraining_model_as_it_is_on_the_networks_test_wi
     assert "HiMTM zero_shot" in table and "linear (ridge)" in table
 
 
+def test_a_matrix_at_another_look_back_never_reads_the_first_ones_records(matrix):
+    """Records are kept per look-back: the same pair, model, protocol, fraction and seed at a second context length
+    runs (and is recorded) instead of being answered with the first look-back's records."""
+    args, _, root = matrix
+    common = dict(pairs=["weather:ETTh1"], models=["himtm"], protocols=["zero_shot"], fractions=[1.0],
+                  budget="quick", seed=3, data_dir=args.data_dir, results_dir=str(root / "results-look-back"),
+                  work_dir=args.work_dir)
+    short = run_transfer(TransferArguments(**common), command="pytest transfer L64", log=lambda *_: None)
+    long = run_transfer(TransferArguments(**common, context_length=128), command="pytest transfer L128",
+                        log=lambda *_: None)
+    assert {r["context_length"] for r in short} == {64}
+    assert {r["context_length"] for r in long} == {128}
+    assert {r["protocol"] for r in long} == {"zero_shot", "closed_form"}
+    assert {r["forecast_look_back"] for r in _networks(long)} == {128 - 16}
+    folders = {p.parent.name for p in Path(root, "results-look-back", "quick").rglob("*.json")}
+    assert folders == {"L64-H16", "L128-H16"}
+
+
 def test_patchtst_baseline_is_configured_as_in_the_paper():
     config = build_patchtst_config(BUDGETS["cpu"], num_channels=7, pretraining=True)
     assert (config.patch_length, config.patch_stride, config.random_mask_ratio) == (12, 12, 0.4)

@@ -219,9 +219,12 @@ class TransferRun:
     def pretrained(self) -> bool:
         return self.protocol != "scratch"
 
-    def record_name(self, seed: int, prediction_length: int) -> str:
+    def record_name(self, seed: int, context_length: int, prediction_length: int) -> str:
+        """The record's path under the budget's results folder. Every setting that changes the numbers and can
+        differ between two matrices of one budget is in it (the look-back too), so a kept record is only ever
+        read back for the run it describes."""
         fraction = f"{self.fraction:g}".replace(".", "p")
-        return (f"{_slug(self.source)}-to-{_slug(self.target)}/H{prediction_length}/"
+        return (f"{_slug(self.source)}-to-{_slug(self.target)}/L{context_length}-H{prediction_length}/"
                 f"{self.model}-{self.protocol}-f{fraction}-seed{seed}.json")
 
 
@@ -622,7 +625,7 @@ def run_transfer(args: TransferArguments, command: str | None = None, log=print)
         return facts[name]
 
     for index, run in enumerate(runs, 1):
-        name = run.record_name(args.seed, budget.prediction_length)
+        name = run.record_name(args.seed, budget.context_length, budget.prediction_length)
         record_path = results_dir / name
         if record_path.is_file() and not args.overwrite:
             log(f"[{index}/{len(runs)}] exists, skipped: {record_path}")
@@ -684,7 +687,7 @@ def _closed_form_records(run: TransferRun, budget: Budget, args: TransferArgumen
     splits = None
     for model in CLOSED_FORM:
         cell = TransferRun(run.source, run.target, model, "closed_form", run.fraction)
-        path = results_dir / cell.record_name(args.seed, budget.prediction_length)
+        path = results_dir / cell.record_name(args.seed, budget.context_length, budget.prediction_length)
         if path.is_file() and not args.overwrite:
             out.append(json.loads(path.read_text()))
             continue
