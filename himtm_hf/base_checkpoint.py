@@ -427,6 +427,13 @@ def _usage_section(repo_id: str, context_length: Any) -> list[str]:
         "with torch.no_grad():",
         "    forecast = model.forecast(history, prediction_length=96).prediction_outputs  # history: (batch, T, 7)",
         "```", "",
+        "A DataFrame (or CSV) with any value columns forecasts the same way, each column as its own series and "
+        "standardised with its own history:", "",
+        "```python",
+        "from himtm_hf.pipeline import HiMTMForecastPipeline",
+        "",
+        f'forecast = HiMTMForecastPipeline.from_pretrained("{repo_id}")(df, timestamp_column="date", horizon=96)',
+        "```", "",
         "For another head, or to train on your data, fine-tune a forecaster from it (the CSA-FT head is new):", "",
         "```python",
         "from himtm_hf import HiMTMForPrediction",
@@ -487,7 +494,8 @@ def base_model_card_text(folder: str | Path, config: BaseCheckpointConfig | None
         *_provenance_section(run_args),
         "## Limitations", "",
         "- Pre-trained on the listed benchmarks only; behaviour on other domains and sampling rates is not "
-        "established. Fine-tune (or linearly probe) before forecasting: the pre-training has no forecasting head.",
+        "established. Its zero-shot forecast reconstructs the masked future; score it against a forecaster "
+        "fine-tuned on your data (and a linear baseline) before relying on it.",
         "- Test splits were never read; val splits were used to pick the kept weights.",
         "- The benchmark data keep their own licenses (e.g. ETT: CC BY-ND 4.0).", "",
         "## Citation", "", "```bibtex", CITATION_BIBTEX, "```", "",

@@ -1,8 +1,17 @@
-"""Forecasting a ``pandas.DataFrame`` with a trained HiMTM model.
+"""Forecasting a ``pandas.DataFrame`` with a trained or a pre-trained HiMTM model.
 
 >>> pipe = HiMTMForecastPipeline.from_pretrained("outputs/etth1-96")    # model + scaler.json
 >>> forecast = pipe(history_df, timestamp_column="date", horizon=96)   # DataFrame of future rows
 >>> forecasts = pipe(long_df, id_column="item_id")                     # many series: one forecast per id
+>>> zero_shot = HiMTMForecastPipeline.from_pretrained("checkpoints/himtm-base")(any_df)  # no fine-tuning
+
+A folder (or Hub repo) saved from ``HiMTMForPretraining`` forecasts zero-shot with
+:meth:`~himtm_hf.modeling_himtm.HiMTMForPretraining.forecast` (the future is what the pre-training model
+reconstructs). It is channel-independent, so it takes a frame with any value columns, each forecast as its own
+series; without a ``scaler.json`` every series is standardised with the mean/std of its own history (the last
+section says why that changes nothing with ``scaling="std"``). Each model call forecasts ``prediction_length`` steps
+(the config's, or ``from_pretrained(..., prediction_length=H)``) from the last ``forecast_look_back(H)`` rows, the
+rest of the model's window being the masked future.
 
 What happens to the frame:
 
@@ -44,6 +53,8 @@ saw.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -54,8 +65,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .configuration_himtm import HiMTMConfig
 from .data import SeriesScaler
-from .modeling_himtm import HiMTMForPrediction, _local_location
+from .modeling_himtm import HiMTMForPrediction, HiMTMForPretraining, _local_location
 from .panel import PanelScaler, load_scaler
 
 __all__ = ["HiMTMForecastPipeline", "TimeAxis", "infer_time_axis"]
@@ -189,14 +201,18 @@ class _Series:
 
 
 class HiMTMForecastPipeline:
-    """Forecasts a DataFrame with a :class:`HiMTMForPrediction` and the scaler it was trained with.
+    """Forecasts a DataFrame with a :class:`HiMTMForPrediction` and the scaler it was trained with, or zero-shot with
+    a :class:`HiMTMForPretraining`.
 
     Args:
-        model: the forecaster (its ``num_input_channels`` must equal the scaler's column count).
+        model: the forecaster (its ``num_input_channels`` must equal the scaler's column count), or a pre-training
+            model, which forecasts by masked reconstruction (``num_input_channels`` 1: every column is its own series;
+            else the scaler's column count).
         scaler: the scaler saved with the model (``scaler.json``): a :class:`~himtm_hf.data.SeriesScaler` (the
             training split's statistics, used for every series) or a :class:`~himtm_hf.panel.PanelScaler` (a model
             fine-tuned on a panel: one scaler per series id; see the module docstring for series it did not hold).
-            Its column names are the value columns the frame must have.
+            Its column names are the value columns the frame must have. ``None`` (pre-training models only): the
+            frame's value columns, whichever they are, each standardised with its own history's mean/std.
         device: where to run the model (default: the model's device).
 
     ``batch_size`` (default 256) is how many series of a long frame go through the model in one call.
@@ -206,17 +222,36 @@ class HiMTMForecastPipeline:
 
     def __init__(
         self,
-        model: HiMTMForPrediction,
-        scaler: SeriesScaler | PanelScaler,
+        model: HiMTMForPrediction | HiMTMForPretraining,
+        scaler: SeriesScaler | PanelScaler | None,
         device: str | torch.device | None = None,
     ):
+        self.zero_shot = isinstance(model, HiMTMForPretraining)
+        if scaler is None:
+            if not self.zero_shot:
+                raise ValueError(
+                    "A fine-tuned HiMTMForPrediction needs the scaler it was trained with; load it from the model's "
+                    "scaler.json (HiMTMForecastPipeline.from_pretrained(folder) does)."
+                )
+            if model.config.num_input_channels != 1:
+                raise ValueError(
+                    f"Without a scaler the frame's columns are known only when it is given, so the pre-training model "
+                    f"must take one channel (it has {model.config.num_input_channels}); load it with "
+                    "num_input_channels=1: every column is then forecast as its own series."
+                )
+            self.model = model.eval()
+            if device is not None:
+                self.model.to(device)
+            self.scaler, self.columns = None, None
+            return
         if isinstance(scaler, PanelScaler):
             if not scaler.columns:
                 raise ValueError("The panel scaler names no columns; load it from the model's scaler.json.")
         elif scaler.mean is None or scaler.std is None:
             raise ValueError("The scaler is not fitted; load it from the model's scaler.json.")
         columns = _scaler_columns(scaler)
-        if model.config.num_input_channels != len(columns):
+        if model.config.num_input_channels != len(columns) and not (self.zero_shot and
+                                                                    model.config.num_input_channels == 1):
             raise ValueError(
                 f"The model expects {model.config.num_input_channels} channels but the scaler has {len(columns)} "
                 f"columns {columns}; load the model with num_input_channels={len(columns)}."
@@ -236,26 +271,29 @@ class HiMTMForecastPipeline:
         scaler: SeriesScaler | PanelScaler | None = None,
         **model_kwargs: Any,
     ) -> HiMTMForecastPipeline:
-        """Loads the model and ``scaler.json`` from a trained output folder or a Hub repo id.
+        """Loads the model and ``scaler.json`` from a trained output folder, a pre-training folder or a Hub repo id.
 
         ``scaler.json`` may hold either kind of scaler (:func:`himtm_hf.panel.load_scaler`): a
         :class:`~himtm_hf.data.SeriesScaler` or, for a model fine-tuned on a panel, a
-        :class:`~himtm_hf.panel.PanelScaler`. Extra keyword arguments go to ``HiMTMForPrediction.from_pretrained``
-        (e.g. ``revision``, ``cache_dir``, ``token``, which are also used to fetch ``scaler.json`` from the Hub).
-        ``scaler`` overrides the saved one.
+        :class:`~himtm_hf.panel.PanelScaler`. Extra keyword arguments go to the model's ``from_pretrained``
+        (e.g. ``revision``, ``cache_dir``, ``token``, which are also used to fetch ``scaler.json`` from the Hub, or
+        ``prediction_length``). ``scaler`` overrides the saved one.
+
+        A checkpoint saved from ``HiMTMForPretraining`` (such as ``checkpoints/himtm-base``) loads as a zero-shot
+        forecaster with one channel: without a ``scaler.json`` (or a ``scaler``) it forecasts any value columns,
+        each standardised with its own history's statistics.
         """
         # A path that can only be local and does not exist is named as such, not reported as a bad Hub repo id.
         model_name_or_path = _local_location(model_name_or_path)
-        path = Path(model_name_or_path)
+        hub_kwargs = {k: model_kwargs[k] for k in ("revision", "cache_dir", "token") if k in model_kwargs}
+        zero_shot = _saved_from_pretraining(model_name_or_path, hub_kwargs)
         if scaler is None:
-            if path.is_dir():
-                scaler = load_scaler(path)
-            else:
-                from huggingface_hub import hf_hub_download
-
-                hub_kwargs = {k: model_kwargs[k] for k in ("revision", "cache_dir", "token") if k in model_kwargs}
-                scaler_path = hf_hub_download(str(model_name_or_path), SeriesScaler.FILE_NAME, **hub_kwargs)
-                scaler = load_scaler(scaler_path)
+            scaler = _saved_scaler(model_name_or_path, hub_kwargs, required=not zero_shot)
+        if zero_shot:
+            model_kwargs.setdefault("num_input_channels", 1)  # channel-independent: every column is a series
+            model = HiMTMForPretraining.from_pretrained(model_name_or_path, **model_kwargs)
+            model.forecast_look_back(model.config.prediction_length)  # a horizon it cannot forecast fails here
+            return cls(model, scaler, device=device)
         model_kwargs.setdefault("num_input_channels", len(_scaler_columns(scaler)))
         model = HiMTMForPrediction.from_pretrained(model_name_or_path, **model_kwargs)
         return cls(model, scaler, device=device)
@@ -263,6 +301,14 @@ class HiMTMForecastPipeline:
     @property
     def context_length(self) -> int:
         return int(self.model.config.context_length)
+
+    @property
+    def look_back(self) -> int:
+        """History rows one model call reads: ``context_length`` for a forecaster; for a pre-training model the window
+        less the masked units that hold ``prediction_length`` (``forecast_look_back``)."""
+        if self.zero_shot:
+            return int(self.model.forecast_look_back(self.prediction_length))
+        return self.context_length
 
     @property
     def prediction_length(self) -> int:
@@ -354,7 +400,7 @@ class HiMTMForecastPipeline:
         if len(df) < self.patch_length:
             raise ValueError(
                 f"The frame has {len(df)} row(s), fewer than one patch (patch_length={self.patch_length}); give at "
-                f"least {self.patch_length} rows of history (the model looks back up to {self.context_length})."
+                f"least {self.patch_length} rows of history (the model looks back up to {self.look_back})."
             )
         values = self._numeric_values(df, columns)
         axis = infer_time_axis(stamps, str(timestamp_column) if timestamp_column is not None else "index")
@@ -429,9 +475,9 @@ class HiMTMForecastPipeline:
 
     # ------------------------------------------------------------------------------------------------------------
     def _window(self, values: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last ``context_length`` rows of a standardised history (NaN -> 0 and unobserved), left-padded with
-        unobserved zeros to exactly ``context_length`` rows."""
-        context = self.context_length
+        """The last ``look_back`` rows of a standardised history (NaN -> 0 and unobserved), left-padded with
+        unobserved zeros to exactly ``look_back`` rows."""
+        context = self.look_back
         history = torch.as_tensor(np.nan_to_num(values, nan=0.0), dtype=torch.float32)
         mask = torch.as_tensor(observed, dtype=torch.float32)
         window, window_mask = (history * mask)[-context:], mask[-context:]
@@ -445,7 +491,7 @@ class HiMTMForecastPipeline:
     def _predict_windows(
         self, windows: torch.Tensor, masks: torch.Tensor, horizon: int, keys: list[Any] | None = None
     ) -> np.ndarray:
-        """Forecasts ``horizon`` steps for a batch of ``(batch, context_length, channels)`` look-backs (rolled out
+        """Forecasts ``horizon`` steps for a batch of ``(batch, look_back, channels)`` look-backs (rolled out
         beyond ``prediction_length``); returns ``(batch, horizon, channels)`` in scaler units. ``keys`` name the
         series in errors."""
         device = next(self.model.parameters()).device
@@ -456,19 +502,31 @@ class HiMTMForecastPipeline:
             empty = [self.columns[i] for i in torch.nonzero(unseen[row]).flatten().tolist()]
             where = "" if keys is None else f"Series {keys[row]!r}: "
             raise ValueError(
-                f"{where}Column(s) {empty} have no observed value in the last {self.context_length} rows; the model "
+                f"{where}Column(s) {empty} have no observed value in the last {self.look_back} rows; the model "
                 "cannot forecast a series it does not see."
             )
         outputs = []
         produced = 0
         while produced < horizon:
-            forecast = self.model(past_values=windows, past_observed_mask=masks).prediction_outputs
+            forecast = self._call_model(windows, masks)
             outputs.append(forecast)
             produced += forecast.shape[1]
             # Roll-out: feed the forecast back as observed input (errors compound with every step).
-            windows = torch.cat([windows, forecast], dim=1)[:, -self.context_length:]
-            masks = torch.cat([masks, torch.ones_like(forecast)], dim=1)[:, -self.context_length:]
+            windows = torch.cat([windows, forecast], dim=1)[:, -self.look_back:]
+            masks = torch.cat([masks, torch.ones_like(forecast)], dim=1)[:, -self.look_back:]
         return torch.cat(outputs, dim=1)[:, :horizon].cpu().numpy().astype(np.float64)
+
+    def _call_model(self, windows: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """One model call: ``(batch, look_back, channels)`` -> ``(batch, prediction_length, channels)``."""
+        if not self.zero_shot:
+            return self.model(past_values=windows, past_observed_mask=masks).prediction_outputs
+        batch, steps, channels = windows.shape
+        if self.model.config.num_input_channels == channels:
+            return self.model.forecast(windows, self.prediction_length, masks).prediction_outputs
+        # One-channel model: every column of every window is a series of its own (the model is channel-independent).
+        as_series = lambda x: x.transpose(1, 2).reshape(batch * channels, steps, 1)  # noqa: E731
+        forecast = self.model.forecast(as_series(windows), self.prediction_length, as_series(masks)).prediction_outputs
+        return forecast.reshape(batch, channels, -1).transpose(1, 2)  # (batch, prediction_length, channels)
 
     def predict_scaled(self, values: np.ndarray, observed: np.ndarray, horizon: int) -> np.ndarray:
         """Forecasts ``horizon`` steps from a standardised history.
@@ -522,6 +580,8 @@ class HiMTMForecastPipeline:
         horizon = self.prediction_length if horizon is None else horizon
         if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
             raise ValueError(f"horizon must be a positive int, got {horizon!r}.")
+        if self.scaler is None:
+            return self._with_columns_of(df, timestamp_column, id_column)(df, timestamp_column, horizon, id_column)
         if id_column is None:
             values, columns, axis = self._validate(df, timestamp_column)
             series = [_Series(None, values, self._series_scaler(None, values), columns, axis)]
@@ -544,12 +604,65 @@ class HiMTMForecastPipeline:
             return frames[0]
         return pd.concat(frames, ignore_index=timestamp_column is not None)
 
+    def _with_columns_of(self, df: pd.DataFrame, timestamp_column: str | None, id_column: Any) -> HiMTMForecastPipeline:
+        """A copy of this scaler-less pipeline bound to ``df``'s value columns, each series standardised with its own
+        history's statistics (an empty panel: no series is held)."""
+        self._check_frame(df, timestamp_column)
+        columns = [str(c) for c in df.columns if c != timestamp_column and (id_column is None or c != id_column)]
+        if not columns:
+            raise ValueError(
+                f"The frame has no value column besides the timestamp column {timestamp_column!r}"
+                + ("" if id_column is None else f" and the id column {id_column!r}") + "; there is nothing to forecast."
+            )
+        bound = copy.copy(self)
+        bound.scaler, bound.columns = PanelScaler({}, columns), columns
+        return bound
+
     def __repr__(self) -> str:
+        if self.scaler is None:
+            return (f"HiMTMForecastPipeline(zero-shot, columns=any, context_length={self.context_length}, "
+                    f"look_back={self.look_back}, prediction_length={self.prediction_length})")
         kind = f", series={len(self.scaler.scalers)}" if isinstance(self.scaler, PanelScaler) else ""
         return (
             f"HiMTMForecastPipeline(columns={self.columns}{kind}, context_length={self.context_length}, "
             f"prediction_length={self.prediction_length})"
         )
+
+
+def _saved_from_pretraining(model_name_or_path: str | os.PathLike[str], hub_kwargs: dict[str, Any]) -> bool:
+    """Whether the checkpoint's ``config.json`` says it was saved from ``HiMTMForPretraining``. A checkpoint whose
+    config cannot be read counts as a forecaster, whose loading then reports what is missing."""
+    path = Path(model_name_or_path)
+    try:
+        if path.is_dir():
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            architectures = config.get("architectures") if isinstance(config, dict) else None
+        else:
+            architectures = HiMTMConfig.from_pretrained(str(model_name_or_path), **hub_kwargs).architectures
+    except (OSError, ValueError):
+        return False
+    return "HiMTMForPretraining" in (architectures or [])
+
+
+def _saved_scaler(
+    model_name_or_path: str | os.PathLike[str], hub_kwargs: dict[str, Any], required: bool
+) -> SeriesScaler | PanelScaler | None:
+    """The ``scaler.json`` of a local folder or Hub repo; None when there is none and it is not ``required`` (a
+    pre-training checkpoint forecasts with each series' own statistics)."""
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        if not required and not (path / SeriesScaler.FILE_NAME).is_file():
+            return None
+        return load_scaler(path)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return load_scaler(hf_hub_download(str(model_name_or_path), SeriesScaler.FILE_NAME, **hub_kwargs))
+    except EntryNotFoundError:
+        if required:
+            raise
+        return None
 
 
 def _looks_like_ids(column: pd.Series) -> bool:

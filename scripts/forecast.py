@@ -10,6 +10,13 @@ units) and a PNG plot of the recent history and the forecast (``--plot``, defaul
 ``--model`` may also be a Hub repo id. Horizons beyond the model's ``prediction_length`` are rolled out
 autoregressively (errors compound).
 
+``--model`` may also be a pre-training folder such as ``checkpoints/himtm-base`` (saved from ``HiMTMForPretraining``):
+it forecasts zero-shot, by masked reconstruction of the future, without any fine-tuning. It takes any value columns
+(every column besides the timestamp and id columns), each forecast as its own series and standardised with the
+statistics of its own history, unless the folder has a ``scaler.json``::
+
+    python scripts/forecast.py my_series.csv --model checkpoints/himtm-base --horizon 96
+
 With ``--id_column`` the CSV is a long table of many series told apart by that column (e.g. ``item_id,date,sales``;
 each series' rows in time order, not necessarily contiguous). Every series is forecast on its own and the forecast
 CSV holds the id column, the future timestamps and the value columns, ``horizon`` rows per series, ids in order of
@@ -43,7 +50,8 @@ from himtm_hf.pipeline import HiMTMForecastPipeline  # noqa: E402
 @dataclass
 class ForecastArguments:
     csv: str = field(metadata={"help": "History CSV (.csv or .csv.gz); may be given as the first positional argument."})
-    model: str = field(metadata={"help": "Trained output folder (model + scaler.json) or Hub repo id."})
+    model: str = field(metadata={"help": "Trained output folder (model + scaler.json), pre-training folder (zero-shot, "
+                                         "e.g. checkpoints/himtm-base) or Hub repo id."})
     horizon: int | None = field(default=None, metadata={"help": "Steps to forecast (default: prediction_length)."})
     output: str | None = field(default=None, metadata={"help": "Output CSV (default: '<csv stem>_forecast.csv')."})
     plot: str | None = field(default=None, metadata={"help": "Output PNG (default: the output path with .png)."})
@@ -162,6 +170,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     output, plot = check_outputs(args)
     history = pd.read_csv(args.csv)
     pipe = HiMTMForecastPipeline.from_pretrained(args.model, device=args.device)
+    if pipe.zero_shot:
+        print(f"{args.model} is a pre-training checkpoint: forecasting zero-shot (no fine-tuning), "
+              f"{pipe.prediction_length} steps per model call from the last {pipe.look_back} rows.")
     forecast = pipe(history, timestamp_column=args.timestamp_column, horizon=args.horizon, id_column=args.id_column)
     output.parent.mkdir(parents=True, exist_ok=True)
     with _replaced_atomically(output) as tmp:
