@@ -80,7 +80,7 @@ def test_matrix_runs_end_to_end_across_channel_counts(matrix):
         assert r["test_windows"] == QUICK.max_test_windows and r["full_test_split"] is False
         assert r["finetune_steps"] == QUICK.finetune_steps
         assert r.get("himtm_defaults") == (HIMTM_DEFAULTS_VERSION if r["model"] == "himtm" else None)
-        path = Path(args.results_dir) / "quick" / "weather-to-ETTh1" / f"H{QUICK.prediction_length}"
+        path = Path(args.results_dir) / "quick" / "weather-to-ETTh1" / f"L{QUICK.context_length}-H{QUICK.prediction_length}"
         fraction = f"{r['fraction']:g}".replace(".", "p")
         on_disk = json.loads((path / f"{r['model']}-{r['protocol']}-f{fraction}-seed3.json").read_text())
         assert on_disk == r
@@ -149,7 +149,7 @@ def test_corpus_source_pretrains_one_channel_encoders_that_fine_tune_on_the_targ
         config = json.loads((pretrained / "config.json").read_text())
         assert config["num_input_channels"] == 1
         encoder = {k: v for k, v in load_file(pretrained / "model.safetensors").items() if k.startswith("model.")}
-        folder = work / "finetune" / "ETTh2_weather-to-ETTh1" / "H16" / f"{model}-finetune-f0p05-seed1"
+        folder = work / "finetune" / "ETTh2_weather-to-ETTh1" / "L64-H16" / f"{model}-finetune-f0p05-seed1"
         assert json.loads((folder / "config.json").read_text())["num_input_channels"] == 7
         assert set(encoder) <= set(load_file(folder / "model.safetensors"))
 
@@ -194,7 +194,7 @@ def test_pretrained_encoder_is_loaded_and_linear_probe_keeps_it_frozen(matrix, m
     assert encoder_keys
     finetuned = {}
     for protocol in ("linear_probe", "finetune"):
-        folder = work / "finetune" / "weather-to-ETTh1" / "H16" / f"{model}-{protocol}-f1-seed3"
+        folder = work / "finetune" / "weather-to-ETTh1" / "L64-H16" / f"{model}-{protocol}-f1-seed3"
         finetuned[protocol] = load_file(folder / "model.safetensors")
         assert (folder / "scaler.json").is_file() and (folder / "metrics.json").is_file()
         assert any(k.startswith("head.") for k in finetuned[protocol])
@@ -216,7 +216,7 @@ def test_lp_ft_trains_the_head_alone_first_for_both_models(matrix):
     work = Path(args.work_dir) / "quick"
     for record in records:
         assert record["protocol"] == "lp_ft" and record["head_only_steps"] == 1 and record["finetune_steps"] == 3
-        folder = work / "finetune" / "weather-to-ETTh1" / "H16" / f"{record['model']}-lp_ft-f1-seed3"
+        folder = work / "finetune" / "weather-to-ETTh1" / "L64-H16" / f"{record['model']}-lp_ft-f1-seed3"
         head_log = [json.loads(line) for line in (folder / "head_only" / "log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in head_log if r["split"] == "train"] == [1]
         full_log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
