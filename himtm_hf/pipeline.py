@@ -26,10 +26,11 @@ What happens to the frame:
    panel held uses its saved statistics (again the training transform), and a series it did not hold (or any
    frame given without ``id_column``) is standardised with the mean/std of its own given history (why that is
    sound: below); missing values are marked unobserved;
-3. the look-back is the last ``context_length`` rows; a shorter history is left-padded with zeros whose observed
-   mask is 0, so the model's per-instance scaling ignores them. The look-backs of all series of a long frame are
-   forecast together in batches (``batch_size`` series per model call; every look-back is exactly
-   ``context_length`` rows after padding, so a batch gives each series the forecast it gets alone);
+3. the look-back is the last ``look_back`` rows (``context_length`` for a fine-tuned forecaster,
+   ``forecast_look_back(prediction_length)`` for a pre-training model); a shorter history is left-padded with zeros
+   whose observed mask is 0, so the model's per-instance scaling ignores them. The look-backs of all series of a
+   long frame are forecast together in batches (``batch_size`` series per model call; every look-back is exactly
+   ``look_back`` rows after padding, so a batch gives each series the forecast it gets alone);
 4. the model forecasts ``prediction_length`` steps. A longer ``horizon`` is rolled out autoregressively: each
    forecast is appended to the history as if observed and the model is run again. Errors compound with every
    roll-out step, so forecasts far beyond ``prediction_length`` are increasingly unreliable;
