@@ -228,40 +228,43 @@ class HiMTMForecastPipeline:
         device: str | torch.device | None = None,
     ):
         self.zero_shot = isinstance(model, HiMTMForPretraining)
+        self.scaler = scaler
+        self.columns = self._checked_columns(model, scaler)
+        self.model = model.eval()
+        if device is not None:
+            self.model.to(device)
+
+    def _checked_columns(self, model: HiMTMForPrediction | HiMTMForPretraining,
+                         scaler: SeriesScaler | PanelScaler | None) -> list[str] | None:
+        """The scaler's value columns, checked against the model; None without a scaler (a pre-training model with one
+        channel: the columns are the frame's, known only when it is given)."""
+        channels = model.config.num_input_channels
         if scaler is None:
             if not self.zero_shot:
                 raise ValueError(
                     "A fine-tuned HiMTMForPrediction needs the scaler it was trained with; load it from the model's "
                     "scaler.json (HiMTMForecastPipeline.from_pretrained(folder) does)."
                 )
-            if model.config.num_input_channels != 1:
+            if channels != 1:
                 raise ValueError(
                     f"Without a scaler the frame's columns are known only when it is given, so the pre-training model "
-                    f"must take one channel (it has {model.config.num_input_channels}); load it with "
-                    "num_input_channels=1: every column is then forecast as its own series."
+                    f"must take one channel (it has {channels}); load it with num_input_channels=1: every column is "
+                    "then forecast as its own series."
                 )
-            self.model = model.eval()
-            if device is not None:
-                self.model.to(device)
-            self.scaler, self.columns = None, None
-            return
+            return None
         if isinstance(scaler, PanelScaler):
             if not scaler.columns:
                 raise ValueError("The panel scaler names no columns; load it from the model's scaler.json.")
         elif scaler.mean is None or scaler.std is None:
             raise ValueError("The scaler is not fitted; load it from the model's scaler.json.")
         columns = _scaler_columns(scaler)
-        if model.config.num_input_channels != len(columns) and not (self.zero_shot and
-                                                                    model.config.num_input_channels == 1):
+        # A one-channel pre-training model forecasts every column as its own series (`_call_model`).
+        if channels != len(columns) and not (self.zero_shot and channels == 1):
             raise ValueError(
-                f"The model expects {model.config.num_input_channels} channels but the scaler has {len(columns)} "
+                f"The model expects {channels} channels but the scaler has {len(columns)} "
                 f"columns {columns}; load the model with num_input_channels={len(columns)}."
             )
-        self.model = model.eval()
-        if device is not None:
-            self.model.to(device)
-        self.scaler = scaler
-        self.columns = list(columns)
+        return list(columns)
 
     # ------------------------------------------------------------------------------------------------------------
     @classmethod

@@ -1,11 +1,23 @@
-"""Test-session report: the pass / skip / fail counts of transformers' own model test suite
-(`test_transformers_suite.py`), with every skip's reason and the HiMTM models those tests built and ran."""
+"""Shared fixtures (`one_thread`) and the test-session report: the pass / skip / fail counts of transformers' own model
+test suite (`test_transformers_suite.py`), with every skip's reason and the HiMTM models those tests built and ran."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+import torch
+
 SUITE = "test_transformers_suite.py"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded (and do not stall when the CPU cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -24,7 +24,10 @@ DATA_DIR = Path(os.environ.get("HIMTM_DATA_DIR", PROJECT.parent / "shared" / "da
 ETTH2 = DATA_DIR / "ETTh2.csv.gz"
 CONTEXT, HORIZON, PATCH = 64, 16, 8
 
-pytestmark = pytest.mark.skipif(not ETTH2.is_file(), reason=f"{ETTH2} not available")
+pytestmark = [
+    pytest.mark.skipif(not ETTH2.is_file(), reason=f"{ETTH2} not available"),
+    pytest.mark.usefixtures("one_thread"),  # conftest.py: tiny models run fastest single-threaded
+]
 
 
 def tiny_model(channels: int = 7, **overrides) -> HiMTMForPrediction:
@@ -34,15 +37,6 @@ def tiny_model(channels: int = 7, **overrides) -> HiMTMForPrediction:
                          num_attention_heads=2, ffn_dim=32, decoder_num_attention_heads=2,
                          csa_num_attention_heads=2, **overrides)
     return HiMTMForPrediction(config).eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall when the CPU cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -40,15 +40,6 @@ RECORD_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall when the CPU cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def matrix(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("transfer")
     args = TransferArguments(pairs=["weather:ETTh1"], models=["himtm", "patchtst"],

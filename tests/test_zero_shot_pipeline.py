@@ -25,16 +25,10 @@ ETTH1 = DATA_DIR / "ETTh1.csv.gz"
 BASE = PROJECT / "checkpoints" / "himtm-base"
 WINDOW, HORIZON, PATCH = 64, 16, 8  # tiny model: 2 hierarchies, 16-step masking units -> look-back 48
 
-pytestmark = pytest.mark.skipif(not ETTH1.is_file(), reason=f"{ETTH1} not available")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall when the CPU cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(not ETTH1.is_file(), reason=f"{ETTH1} not available"),
+    pytest.mark.usefixtures("one_thread"),  # conftest.py: tiny models run fastest single-threaded
+]
 
 
 def tiny_pretraining(channels: int = 1) -> HiMTMForPretraining:
